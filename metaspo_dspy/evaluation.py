@@ -1,0 +1,281 @@
+"""The grid evaluator: one parallel map over (system prompt, task, user prompt, example).
+
+Every evaluation step of MetaSPO -- all candidates x tasks x user prompts x examples of a phase --
+is flattened into one list of items and run through one thread pool with ``num_threads`` workers.
+Each worker runs under a copy of the caller's context (so ``dspy.context`` overrides survive) plus
+its own ``dspy.context(lm=task_lm, adapter=<system-prompt adapter>, trace=[])``. Results come back
+in input order; a failed call never raises: it is recorded and scored 0 (wrong).
+
+Identical items (same request-shaping state and example) are evaluated once per evaluator: see
+:func:`item_key`.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import hashlib
+import json
+import threading
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from typing import Any
+
+import dspy
+
+from metaspo_dspy.adapters import CallRecorder, LMCall, adapter_name, with_system_prompt
+from metaspo_dspy.metrics import Metric, TaskMetric, is_wrong, score_example, task_score
+
+
+@dataclass(frozen=True)
+class EvalJob:
+    """One node to score: a prepared program (user prompts already set) on some examples."""
+
+    task: str
+    program: dspy.Module
+    system_prompt: str
+    instructions_in: str
+    examples: Sequence[dspy.Example]
+    metric: Metric
+    label: str = ""
+
+
+@dataclass
+class ExampleResult:
+    """What happened on one example."""
+
+    index: int
+    score: float
+    prediction: dict[str, Any] | None
+    feedback: str | None = None
+    error: str | None = None
+    calls: list[LMCall] = field(default_factory=list)
+    cached: bool = False
+
+    @property
+    def wrong(self) -> bool:
+        return is_wrong(self.score)
+
+
+@dataclass
+class NodeEval:
+    """A node's score on its examples, with every example's result."""
+
+    score: float
+    results: list[ExampleResult]
+
+    @property
+    def wrong(self) -> list[ExampleResult]:
+        return [r for r in self.results if r.wrong]
+
+    @property
+    def lm_calls(self) -> int:
+        return sum(len(r.calls) for r in self.results if not r.cached)
+
+    @property
+    def failures(self) -> int:
+        return sum(1 for r in self.results if r.error is not None)
+
+
+def _lm_identity(lm: Any) -> dict[str, Any]:
+    if lm is None:
+        return {}
+    kwargs = {
+        k: v for k, v in getattr(lm, "kwargs", {}).items() if k not in ("api_key", "api_base", "base_url")
+    }
+    return {"model": getattr(lm, "model", type(lm).__name__), "kwargs": kwargs}
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dspy.Example):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    if hasattr(value, "model_dump"):
+        return value.model_dump(mode="json")
+    return repr(value)
+
+
+def program_state(program: dspy.Module) -> list[Any]:
+    """Everything in a program that shapes its requests: each predictor's signature, demos, LM."""
+    state = []
+    for name, predictor in program.named_predictors():
+        signature = predictor.signature
+        state.append(
+            {
+                "name": name,
+                "instructions": signature.instructions,
+                "fields": [
+                    [n, str(f.annotation), f.json_schema_extra.get("prefix"), f.json_schema_extra.get("desc")]
+                    for n, f in signature.fields.items()
+                ],
+                "demos": _jsonable(list(predictor.demos)),
+                "lm": _lm_identity(predictor.lm),
+                "config": _jsonable(predictor.config),
+            }
+        )
+    return state
+
+
+def item_key(
+    task_lm: Any, adapter: Any, job: EvalJob, program_fingerprint: list[Any], example: dspy.Example
+) -> str:
+    """A digest of everything that shapes the requests of one (node, example) evaluation."""
+    payload = {
+        "task_lm": _lm_identity(task_lm),
+        "adapter": adapter_name(adapter),
+        "system_prompt": job.system_prompt,
+        "instructions_in": job.instructions_in,
+        "program": program_fingerprint,
+        "example": _jsonable(example),
+        "program_type": type(job.program).__qualname__,
+    }
+    text = json.dumps(payload, sort_keys=True, ensure_ascii=False, default=repr)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+@dataclass
+class _Raw:
+    prediction: dspy.Prediction | None
+    error: str | None
+    calls: list[LMCall]
+
+
+class GridEvaluator:
+    """Scores many nodes at once with one thread pool.
+
+    Args:
+        task_lm: default LM for predictors without their own (None: ``dspy.settings.lm``).
+        adapter: base adapter (None: the configured adapter, else ChatAdapter); the system prompt
+            of each job is added on top of it.
+        num_threads: concurrent program runs.
+        progress: show a tqdm bar per :meth:`evaluate` call.
+
+    Contract: :meth:`evaluate` never raises for a failed LM call or parse (the example scores 0 and
+    carries the error); it raises :class:`~metaspo_dspy.metrics.MetricError` when a metric raises or
+    returns something other than a score, since that is a bug in the metric, not in the model.
+    """
+
+    def __init__(
+        self, task_lm: Any = None, adapter: Any = None, num_threads: int = 16, progress: bool = True
+    ):
+        if num_threads < 1:
+            raise ValueError(f"num_threads must be >= 1, got {num_threads}")
+        self.task_lm = task_lm
+        self.adapter = adapter
+        self.num_threads = num_threads
+        self.progress = progress
+        self._memo: dict[str, _Raw] = {}
+        self._lock = threading.Lock()
+        self.requests = 0  # program runs that were not served from the memo
+
+    def _run_one(self, job: EvalJob, names: dict[int, str], example: dspy.Example) -> _Raw:
+        recorder = CallRecorder(predictor_names=names)
+        adapter = with_system_prompt(
+            self.adapter or dspy.settings.adapter, job.system_prompt, job.instructions_in
+        )
+        overrides: dict[str, Any] = {"adapter": adapter, "trace": [], "metaspo_recorder": recorder}
+        if self.task_lm is not None:
+            overrides["lm"] = self.task_lm
+        try:
+            with dspy.context(**overrides):
+                prediction = job.program(**example.inputs())
+            return _Raw(prediction, None, recorder.calls)
+        except Exception as exc:
+            return _Raw(None, f"{type(exc).__name__}: {exc}"[:2000], recorder.calls)
+
+    def evaluate(self, jobs: Sequence[EvalJob], desc: str = "evaluate") -> list[NodeEval]:
+        """Score every job; results in job order."""
+        items: list[tuple[int, int, str]] = []
+        names_per_job = []
+        for j, job in enumerate(jobs):
+            names_per_job.append({id(p): n for n, p in job.program.named_predictors()})
+            fingerprint = program_state(job.program)
+            for i, example in enumerate(job.examples):
+                items.append((j, i, item_key(self.task_lm, self.adapter, job, fingerprint, example)))
+
+        raws: dict[str, _Raw] = {}
+        cached: set[str] = set()
+        todo: dict[str, tuple[int, int]] = {}
+        with self._lock:
+            for j, i, key in items:
+                if key in self._memo:
+                    raws[key] = self._memo[key]
+                    cached.add(key)
+                elif key not in todo:
+                    todo[key] = (j, i)
+        self._run_all(todo, jobs, names_per_job, raws, desc)
+
+        per_job: list[list[tuple[int, str]]] = [[] for _ in jobs]
+        for j, i, key in items:
+            per_job[j].append((i, key))
+        seen: set[str] = set(cached)
+        return [self._score(job, per_job[j], raws, seen) for j, job in enumerate(jobs)]
+
+    def _run_all(self, todo, jobs, names_per_job, raws, desc) -> None:
+        if not todo:
+            return
+
+        def work(key: str) -> tuple[str, _Raw]:
+            j, i = todo[key]
+            return key, self._run_one(jobs[j], names_per_job[j], jobs[j].examples[i])
+
+        bar = _progress(len(todo), desc) if self.progress else None
+        try:
+            with ThreadPoolExecutor(max_workers=min(self.num_threads, len(todo))) as pool:
+                futures = [pool.submit(contextvars.copy_context().run, work, key) for key in todo]
+                for future in as_completed(futures):
+                    key, raw = future.result()
+                    raws[key] = raw
+                    with self._lock:
+                        self._memo[key] = raw
+                        self.requests += 1
+                    if bar is not None:
+                        bar.update(1)
+        finally:
+            if bar is not None:
+                bar.close()
+
+    def _score(
+        self, job: EvalJob, keyed: list[tuple[int, str]], raws: dict[str, _Raw], seen: set[str]
+    ) -> NodeEval:
+        """Score one job; ``seen`` holds keys already paid for (memo or earlier in this call)."""
+        results: list[ExampleResult] = []
+        predictions: list[dspy.Prediction | None] = []
+        for i, key in keyed:
+            raw = raws[key]
+            example = job.examples[i]
+            where = f"task {job.task!r}, example {i}"
+            if raw.prediction is None:
+                score, feedback = 0.0, None
+            else:
+                s = score_example(job.metric, example, raw.prediction, where)
+                score, feedback = s.value, s.feedback
+            predictions.append(raw.prediction)
+            results.append(
+                ExampleResult(
+                    index=i,
+                    score=score,
+                    prediction=None if raw.prediction is None else _jsonable(dict(raw.prediction.items())),
+                    feedback=feedback,
+                    error=raw.error,
+                    calls=list(raw.calls),
+                    cached=key in seen,
+                )
+            )
+            seen.add(key)
+        if isinstance(job.metric, TaskMetric):
+            total = task_score(job.metric, job.examples, predictions, [r.score for r in results], job.task)
+        else:
+            total = sum(r.score for r in results) / len(results) if results else 0.0
+        return NodeEval(score=total, results=results)
+
+
+def _progress(total: int, desc: str):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit="call", leave=False, mininterval=0.5)

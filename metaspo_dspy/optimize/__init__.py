@@ -1,0 +1,1 @@
+"""Optimizers: MetaSPO and the single-task baselines (ProTeGi, APE)."""

@@ -1,0 +1,266 @@
+"""Pieces shared by MetaSPO, ProTeGi and APE: task runs, node evaluation, proposals, phase logs."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import dspy
+
+from metaspo_dspy.evaluation import EvalJob, GridEvaluator, NodeEval
+from metaspo_dspy.metrics import Metric
+from metaspo_dspy.optimize.proposer import Proposal, Proposer, io_pairs, sample_wrong, wrong_example
+from metaspo_dspy.optimize.state import NodeStore, PromptNode
+from metaspo_dspy.seeding import rng_for
+
+
+class ConfigError(ValueError):
+    """Bad arguments to an optimizer; the message names the problem and the fix."""
+
+
+def check_examples(task: str, examples: Any, split: str) -> list[dspy.Example]:
+    """A task's examples as a list, each a ``dspy.Example`` with inputs set."""
+    if examples is None or isinstance(examples, (str, bytes)) or not hasattr(examples, "__iter__"):
+        raise ConfigError(
+            f"{split} set of task {task!r} must be a list of dspy.Example, got {type(examples).__name__}"
+        )
+    examples = list(examples)
+    if not examples:
+        raise ConfigError(f"{split} set of task {task!r} is empty; give it at least one dspy.Example")
+    for i, example in enumerate(examples):
+        if not isinstance(example, dspy.Example):
+            raise ConfigError(
+                f"{split} example {i} of task {task!r} is a {type(example).__name__}, not a dspy.Example; "
+                "build it with dspy.Example(...).with_inputs(...)"
+            )
+        if not example._input_keys:
+            raise ConfigError(
+                f"{split} example {i} of task {task!r} has no input fields; call .with_inputs('question', ...)"
+            )
+    return examples
+
+
+@dataclass
+class TaskRun:
+    """One task inside a run: a private copy of its program, its data and its metric."""
+
+    name: str
+    program: dspy.Module
+    trainset: list[dspy.Example]
+    metric: Metric
+    testset: list[dspy.Example] | None = None
+    suffix: str = ""
+    _prepared: dict[tuple, dspy.Module] = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        self.program = self.program.deepcopy()
+        if not self.program.named_predictors():
+            raise ConfigError(
+                f"the program of task {self.name!r} has no dspy.Predict inside; nothing to optimize"
+            )
+
+    @property
+    def predictor_names(self) -> list[str]:
+        return [name for name, _ in self.program.named_predictors()]
+
+    @property
+    def input_names(self) -> list[str]:
+        names: dict[str, None] = {}
+        for example in self.trainset:
+            names.update(dict.fromkeys(example._input_keys))
+        return list(names)
+
+    @staticmethod
+    def prompt_key(user_prompt: Mapping[str, str]) -> str:
+        """A hashable identity for a (possibly multi-predictor) user prompt."""
+        return json.dumps(sorted(user_prompt.items()), ensure_ascii=False)
+
+    def initial_user_prompt(self) -> dict[str, str]:
+        return {name: p.signature.instructions for name, p in self.program.named_predictors()}
+
+    def prepared(self, user_prompt: Mapping[str, str]) -> dspy.Module:
+        """A copy of the program whose predictors carry ``user_prompt`` (cached; never mutated)."""
+        key = tuple(sorted(user_prompt.items()))
+        program = self._prepared.get(key)
+        if program is None:
+            program = self.program.deepcopy()
+            for name, predictor in program.named_predictors():
+                if name in user_prompt:
+                    predictor.signature = predictor.signature.with_instructions(user_prompt[name])
+            self._prepared[key] = program
+        return program
+
+
+@dataclass
+class PhaseLog:
+    """Calls and time spent in one phase of a run."""
+
+    phase: str
+    iteration: int | None
+    task_lm_calls: int = 0
+    optimizer_calls: int = 0
+    evaluations: int = 0
+    proposals: int = 0
+    discarded: int = 0
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+class SearchBase:
+    """Node evaluation and proposal plumbing common to every search in this package."""
+
+    def __init__(
+        self,
+        tasks: Mapping[str, TaskRun],
+        evaluator: GridEvaluator,
+        proposer: Proposer,
+        instructions_in: str,
+        seed: int,
+        num_wrong_user: int = 3,
+        num_wrong_system: int = 2,
+    ):
+        self.tasks = dict(tasks)
+        self.evaluator = evaluator
+        self.proposer = proposer
+        self.instructions_in = instructions_in
+        self.seed = seed
+        self.num_wrong_user = num_wrong_user
+        self.num_wrong_system = num_wrong_system
+        self.store = NodeStore()
+        self.evals: dict[int, NodeEval] = {}
+        self.proposals: list[Proposal] = []
+        self.phases: list[PhaseLog] = []
+        self._phase: PhaseLog | None = None
+        self._phase_start = 0.0
+        self._optimizer_calls_at_start = 0
+
+    # -- phases ------------------------------------------------------------------------------
+    def begin(self, phase: str, iteration: int | None) -> PhaseLog:
+        self._phase = PhaseLog(phase, iteration)
+        self._phase_start = time.perf_counter()
+        self._optimizer_calls_at_start = self.proposer.calls
+        return self._phase
+
+    def end(self) -> PhaseLog:
+        log = self._phase
+        assert log is not None
+        log.seconds = round(time.perf_counter() - self._phase_start, 3)
+        log.optimizer_calls = self.proposer.calls - self._optimizer_calls_at_start
+        self.phases.append(log)
+        self._phase = None
+        return log
+
+    # -- evaluation --------------------------------------------------------------------------
+    def evaluate(self, nodes: Sequence[PromptNode], split: str = "train", desc: str = "") -> list[NodeEval]:
+        """Score nodes on their task's train or test split in one grid; sets their scores."""
+        jobs = []
+        for node in nodes:
+            task = self.tasks[node.task]
+            examples = task.trainset if split == "train" else task.testset
+            jobs.append(
+                EvalJob(
+                    task=node.task,
+                    program=task.prepared(node.user_prompt),
+                    system_prompt=node.system_prompt,
+                    instructions_in=self.instructions_in,
+                    examples=examples or [],
+                    metric=task.metric,
+                    label=f"node {node.id}",
+                )
+            )
+        results = self.evaluator.evaluate(jobs, desc=desc or split)
+        for node, result in zip(nodes, results, strict=True):
+            if split == "train":
+                node.train_score = result.score
+                self.evals[node.id] = result
+            else:
+                node.test_score = result.score
+            if self._phase is not None:
+                self._phase.task_lm_calls += result.lm_calls
+                self._phase.evaluations += len(result.results)
+        return results
+
+    # -- proposals ---------------------------------------------------------------------------
+    def new_proposal(
+        self,
+        kind: str,
+        iteration: int | None,
+        candidate: int,
+        task: str | None,
+        parent: PromptNode | None,
+        predictor: str | None = None,
+    ) -> Proposal:
+        proposal = Proposal(
+            id=len(self.proposals),
+            kind=kind,
+            iteration=iteration,
+            candidate=candidate,
+            task=task,
+            parent_node=parent.id if parent is not None else None,
+            predictor=predictor,
+        )
+        self.proposals.append(proposal)
+        return proposal
+
+    def shown_wrong(self, node: PromptNode, k: int, rng, predictor: str | None = None):
+        """Up to ``k`` sampled wrong examples of ``node`` (evaluated on train), described."""
+        task = self.tasks[node.task]
+        evaluation = self.evals[node.id]
+        chosen = sample_wrong(evaluation.wrong, k, rng)
+        return [
+            wrong_example(node.task, task.trainset[r.index], r, node.system_prompt, predictor) for r in chosen
+        ]
+
+    def propose_user(
+        self, parent: PromptNode, iteration: int | None, candidate: int, predictor: str, phase: str
+    ) -> Any:
+        """A deferred failure-driven user-prompt proposal from ``parent``'s wrong examples."""
+        proposal = self.new_proposal("user", iteration, candidate, parent.task, parent, predictor)
+        rng = rng_for(self.seed, iteration, phase, parent.task, candidate)
+        shown = self.shown_wrong(parent, self.num_wrong_user, rng, predictor)
+        task = self.tasks[parent.task]
+        return lambda: self.proposer.user_prompt(
+            proposal, parent.system_prompt, parent.user_prompt[predictor], shown, task.input_names
+        )
+
+    def propose_ape_user(
+        self,
+        parent: PromptNode,
+        iteration: int | None,
+        candidate: int,
+        predictor: str,
+        phase: str,
+        num_pairs: int = 10,
+    ) -> Any:
+        """A deferred APE user-prompt proposal from random train pairs of the task."""
+        proposal = self.new_proposal("ape_user", iteration, candidate, parent.task, parent, predictor)
+        task = self.tasks[parent.task]
+        rng = rng_for(self.seed, iteration, phase, parent.task, candidate)
+        pairs = io_pairs(rng.sample(task.trainset, min(num_pairs, len(task.trainset))))
+        return lambda: self.proposer.induce(proposal, pairs, task.suffix)
+
+    def finish_proposals(
+        self,
+        proposals: Sequence[Proposal],
+        existing: set[str],
+        key: Callable[[Proposal], str] = lambda p: p.text or "",
+    ) -> list[Proposal]:
+        """Drop duplicates (``key`` already in ``existing`` or seen earlier); return the usable ones."""
+        usable = []
+        seen = set(existing)
+        for proposal in proposals:
+            if self._phase is not None:
+                self._phase.proposals += 1
+            if proposal.ok and key(proposal) in seen:
+                proposal.discard("duplicate of an existing prompt")
+            if proposal.ok:
+                seen.add(key(proposal))
+                usable.append(proposal)
+            elif self._phase is not None:
+                self._phase.discarded += 1
+        return usable

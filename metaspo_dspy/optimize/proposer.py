@@ -1,0 +1,328 @@
+"""Optimizer-LM proposals: failure-driven rewrites (MetaSPO, ProTeGi) and APE-style proposals.
+
+The search loops never format prompts or parse LM text themselves: they hand this module the
+wrong examples (or input/output pairs) and get back :class:`Proposal` records, each either ``ok``
+with a candidate text or ``discarded`` with the reason (LM error, unparsable, empty, too long,
+duplicate). A discarded proposal is never evaluated as a prompt.
+
+Each candidate is its own sample: its calls carry a distinct ``rollout_id`` (so DSPy's cache does
+not collapse identical requests into one answer) and, where the provider supports it, a ``seed``;
+both derive from (run seed, iteration, phase, task, candidate, call).
+"""
+
+from __future__ import annotations
+
+import contextvars
+import re
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import dspy
+from dspy.utils.exceptions import AdapterParseError
+
+from metaspo_dspy.adapters import message_text
+from metaspo_dspy.evaluation import ExampleResult
+from metaspo_dspy.optimize import signatures as sigs
+from metaspo_dspy.seeding import derive_seed
+
+_SLOT = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+@dataclass
+class WrongExample:
+    """A wrong example as shown to the optimizer."""
+
+    task: str
+    example_index: int
+    system_prompt: str
+    user_message: str
+    response: str | None
+    prediction: str
+    correct: str
+    feedback: str | None = None
+
+    def render(self) -> str:
+        parts = [
+            "<example>",
+            f"Task: {self.task}",
+            f"System prompt:\n{self.system_prompt}",
+            f"User message:\n{self.user_message}",
+            f"Model response:\n{self.response if self.response is not None else '(no response)'}",
+            f"Parsed prediction:\n{self.prediction}",
+            f"Correct answer:\n{self.correct}",
+        ]
+        if self.feedback:
+            parts.append(f"Metric feedback:\n{self.feedback}")
+        parts.append("</example>")
+        return "\n\n".join(parts)
+
+
+@dataclass
+class Proposal:
+    """One proposal: what the optimizer was shown, what it said, and what became of it."""
+
+    id: int
+    kind: str  # "user" | "system" | "ape_user" | "ape_system" | "ape_paraphrase"
+    iteration: int | None
+    candidate: int
+    task: str | None
+    parent_node: int | None
+    predictor: str | None
+    shown: list[dict[str, Any]] = field(default_factory=list)
+    analysis: str | None = None
+    text: str | None = None
+    status: str = "pending"  # "ok" | "discarded"
+    reason: str | None = None
+    optimizer_calls: int = 0
+    node_ids: list[int] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+    def discard(self, reason: str) -> None:
+        self.status, self.reason = "discarded", reason
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def format_fields(values: dict[str, Any], names: Sequence[str] | None = None) -> str:
+    """``name: value`` lines (lists joined with commas)."""
+    lines = []
+    for name in names if names is not None else list(values):
+        value = values.get(name)
+        if isinstance(value, (list, tuple)):
+            value = ", ".join(str(v) for v in value)
+        lines.append(f"{name}: {value}")
+    return "\n".join(lines)
+
+
+def wrong_example(
+    task: str,
+    example: dspy.Example,
+    result: ExampleResult,
+    system_prompt: str,
+    predictor: str | None = None,
+) -> WrongExample:
+    """Describe a wrong result, using the last LM call of ``predictor`` (or the last call at all)."""
+    calls = [c for c in result.calls if predictor is None or c.predictor == predictor] or result.calls
+    call = calls[-1] if calls else None
+    user_message = "(no LM call was made)"
+    if call is not None:
+        users = [m for m in call.messages if m.get("role") == "user"]
+        user_message = message_text(users[-1]["content"]) if users else ""
+    if result.prediction is not None:
+        prediction = format_fields(result.prediction)
+    else:
+        prediction = f"(failed: {result.error})"
+    return WrongExample(
+        task=task,
+        example_index=result.index,
+        system_prompt=system_prompt,
+        user_message=user_message,
+        response=call.completion if call is not None else None,
+        prediction=prediction,
+        correct=format_fields(dict(example.labels())),
+        feedback=result.feedback,
+    )
+
+
+def sample_wrong(wrong: Sequence[ExampleResult], k: int, rng) -> list[ExampleResult]:
+    """Up to ``k`` wrong results: all of them (in order) when there are at most ``k``."""
+    if len(wrong) <= k:
+        return list(wrong)
+    return rng.sample(list(wrong), k)
+
+
+def io_pairs(examples: Sequence[dspy.Example]) -> list[str]:
+    """APE input/output pairs, one string each."""
+    return [
+        f"Input:\n{format_fields(dict(ex.inputs()))}\nOutput:\n{format_fields(dict(ex.labels()))}\n"
+        for ex in examples
+    ]
+
+
+def slots_of(text: str, names: Sequence[str]) -> list[str]:
+    """The ``{name}`` input slots present in a prompt."""
+    return [f"{{{m}}}" for m in dict.fromkeys(_SLOT.findall(text)) if m in names]
+
+
+class Proposer:
+    """Makes proposals with the optimizer LM.
+
+    Args:
+        optimizer_lm: the LM that writes prompts.
+        adapter: adapter for optimizer calls (None: the configured one, else ChatAdapter). The system
+            prompt under optimization is never applied to these calls.
+        seed: the run seed; rollout ids and provider seeds derive from it.
+        max_prompt_chars: longer proposals are discarded.
+        num_threads: proposals of one phase made concurrently.
+    """
+
+    def __init__(
+        self,
+        optimizer_lm: Any,
+        adapter: Any = None,
+        seed: int = 42,
+        max_prompt_chars: int = 8000,
+        num_threads: int = 8,
+    ):
+        self.lm = optimizer_lm
+        self.adapter = adapter
+        self.seed = seed
+        self.max_prompt_chars = max_prompt_chars
+        self.num_threads = max(1, num_threads)
+        self.calls = 0
+
+    # -- one optimizer call ------------------------------------------------------------------
+    def _config(self, *parts: Any) -> dict[str, Any]:
+        kwargs = getattr(self.lm, "kwargs", {}) or {}
+        config: dict[str, Any] = {}
+        if (kwargs.get("temperature") or 0) > 0:
+            config["rollout_id"] = derive_seed(self.seed, *parts) % 2**31
+            try:
+                if "seed" in self.lm.supported_params:
+                    config["seed"] = config["rollout_id"]
+            except Exception:
+                pass
+        return config
+
+    def _call(self, signature, proposal: Proposal, step: str, **inputs) -> str:
+        config = self._config(proposal.kind, proposal.iteration, proposal.task, proposal.candidate, step)
+        proposal.optimizer_calls += 1
+        self.calls += 1
+        overrides: dict[str, Any] = {"lm": self.lm, "trace": []}
+        if self.adapter is not None:
+            overrides["adapter"] = self.adapter
+        with dspy.context(**overrides):
+            result = dspy.Predict(signature)(**inputs, config=config)
+        return getattr(result, next(iter(signature.output_fields)))
+
+    def _guarded(self, proposal: Proposal, fn: Callable[[], str | None]) -> Proposal:
+        try:
+            text = fn()
+        except AdapterParseError as exc:
+            proposal.discard(f"unparsable optimizer output: {str(exc)[:300]}")
+            return proposal
+        except Exception as exc:
+            proposal.discard(f"optimizer call failed: {type(exc).__name__}: {str(exc)[:300]}")
+            return proposal
+        if proposal.status == "pending":
+            self._validate(proposal, text)
+        return proposal
+
+    def _validate(self, proposal: Proposal, text: str | None) -> None:
+        text = (text or "").strip()
+        if not text:
+            proposal.discard("empty proposal")
+        elif len(text) > self.max_prompt_chars:
+            proposal.discard(f"proposal too long ({len(text)} > {self.max_prompt_chars} characters)")
+        else:
+            proposal.text, proposal.status = text, "ok"
+
+    def run_all(self, jobs: Sequence[Callable[[], Proposal]]) -> list[Proposal]:
+        """Run proposal jobs concurrently; results in job order."""
+        if len(jobs) <= 1 or self.num_threads == 1:
+            return [job() for job in jobs]
+        with ThreadPoolExecutor(max_workers=min(self.num_threads, len(jobs))) as pool:
+            futures = [pool.submit(contextvars.copy_context().run, job) for job in jobs]
+            return [f.result() for f in futures]
+
+    # -- proposal kinds ---------------------------------------------------------------------
+    def user_prompt(
+        self,
+        proposal: Proposal,
+        system_prompt: str,
+        user_prompt: str,
+        shown: Sequence[WrongExample],
+        input_names: Sequence[str],
+    ) -> Proposal:
+        """Failure-driven user-prompt rewrite: analysis, then rewrite (two calls)."""
+        proposal.shown = [asdict(w) for w in shown]
+        examples = "\n\n".join(w.render() for w in shown) or "(no wrong examples)"
+        rewrite = _with_slot_note(sigs.RewriteUserPrompt, slots_of(user_prompt, input_names))
+
+        def go() -> str:
+            proposal.analysis = self._call(
+                sigs.DiagnoseUserPrompt,
+                proposal,
+                "analysis",
+                system_prompt=system_prompt,
+                user_prompt=user_prompt,
+                wrong_examples=examples,
+            )
+            if not (proposal.analysis or "").strip():
+                proposal.discard("empty analysis")
+                return ""
+            return self._call(
+                rewrite,
+                proposal,
+                "rewrite",
+                system_prompt=system_prompt,
+                user_prompt=user_prompt,
+                wrong_examples=examples,
+                user_prompt_analysis=proposal.analysis,
+            )
+
+        return self._guarded(proposal, go)
+
+    def system_prompt(
+        self, proposal: Proposal, system_prompt: str, blocks: Sequence[str], shown: Sequence[WrongExample]
+    ) -> Proposal:
+        """Failure-driven system-prompt rewrite from pooled wrong examples (two calls)."""
+        proposal.shown = [asdict(w) for w in shown]
+        examples = "\n\n".join(b for b in blocks if b) or "(no wrong examples)"
+
+        def go() -> str:
+            proposal.analysis = self._call(
+                sigs.DiagnoseSystemPrompt,
+                proposal,
+                "analysis",
+                system_prompt=system_prompt,
+                wrong_examples=examples,
+            )
+            if not (proposal.analysis or "").strip():
+                proposal.discard("empty analysis")
+                return ""
+            return self._call(
+                sigs.RewriteSystemPrompt,
+                proposal,
+                "rewrite",
+                system_prompt=system_prompt,
+                system_prompt_analysis=proposal.analysis,
+            )
+
+        return self._guarded(proposal, go)
+
+    def induce(self, proposal: Proposal, pairs: Sequence[str], suffix: str = "") -> Proposal:
+        """APE generation: infer an instruction from input/output pairs (one call); ``suffix`` appended."""
+        proposal.shown = [{"pair": p} for p in pairs]
+        text = "\n".join(pairs)
+        return self._guarded(
+            proposal,
+            lambda: _append(
+                self._call(sigs.InduceInstruction, proposal, "induce", input_output_pairs=text), suffix
+            ),
+        )
+
+    def paraphrase(self, proposal: Proposal, instruction: str, input_names: Sequence[str]) -> Proposal:
+        """APE resampling: same meaning, different words (one call)."""
+        signature = _with_slot_note(sigs.ParaphraseInstruction, slots_of(instruction, input_names))
+        return self._guarded(
+            proposal, lambda: self._call(signature, proposal, "paraphrase", instruction=instruction)
+        )
+
+
+def _with_slot_note(signature, slots: list[str]):
+    if not slots:
+        return signature
+    return signature.with_instructions(signature.instructions + sigs.SLOT_NOTE.format(slots=", ".join(slots)))
+
+
+def _append(text: str | None, suffix: str) -> str | None:
+    if text is None or not text.strip() or not suffix:
+        return text
+    return text.rstrip() + suffix

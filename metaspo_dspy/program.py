@@ -1,0 +1,299 @@
+"""The system prompt as a DSPy parameter, a wrapper that applies it, and MetaSPO's result program.
+
+* :class:`SystemPrompt` -- a ``dspy`` ``Parameter`` holding the system-prompt text and where the
+  user prompt (signature instructions) is placed. ``Module.save``/``load`` carry it; ``deepcopy``
+  and ``reset_copy`` keep it (``reset`` is a no-op: the text is configuration, not a cache).
+* :class:`WithSystemPrompt` -- runs any DSPy program so that every predictor call carries the
+  system prompt, through a scoped ``dspy.context(adapter=...)`` (never ``dspy.configure``), so it
+  never reaches LM calls outside that program run.
+* :class:`MetaSPOProgram` -- one system prompt plus one program per task, as ``compile`` returns it.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import dspy
+from dspy.predict.parameter import Parameter
+
+from metaspo_dspy.adapters import InstructionsIn, adapter_name, make_adapter, with_system_prompt
+from metaspo_dspy.io import atomic_write_text
+from metaspo_dspy.program_spec import program_from_spec, program_spec
+
+DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant."
+PROGRAM_FORMAT = "metaspo-dspy/program/v1"
+
+
+class SystemPrompt(Parameter):
+    """A system prompt that DSPy treats as a program parameter.
+
+    Args:
+        text: the system prompt.
+        instructions_in: where each predictor's instructions (the MetaSPO *user prompt*) go:
+            ``"user"`` (start of the user message, as in MetaSPO; the default) or ``"system"``
+            (DSPy's own placement, after the field structure in the system message).
+    """
+
+    def __init__(self, text: str = DEFAULT_SYSTEM_PROMPT, instructions_in: InstructionsIn = "user"):
+        if not isinstance(text, str):
+            raise TypeError(f"SystemPrompt text must be a string, got {type(text).__name__}")
+        if instructions_in not in ("user", "system"):
+            raise ValueError(f"instructions_in must be 'user' or 'system', got {instructions_in!r}")
+        self.text = text
+        self.instructions_in: InstructionsIn = instructions_in
+
+    def reset(self) -> None:
+        """Keep the text: ``reset_copy`` must not erase an optimized system prompt."""
+
+    def dump_state(self, json_mode: bool = True) -> dict[str, Any]:
+        return {"text": self.text, "instructions_in": self.instructions_in}
+
+    def load_state(self, state: Mapping[str, Any]) -> SystemPrompt:
+        if not isinstance(state, Mapping) or not isinstance(state.get("text"), str):
+            raise ValueError(f"not a SystemPrompt state: {state!r:.200}")
+        self.text = state["text"]
+        self.instructions_in = state.get("instructions_in", "user")
+        return self
+
+    def adapter(self, base: dspy.Adapter | None = None) -> dspy.Adapter:
+        """``base`` (default: the configured adapter, else ChatAdapter) carrying this prompt."""
+        return with_system_prompt(base or dspy.settings.adapter, self.text, self.instructions_in)
+
+    def save(self, path: str | Path) -> None:
+        """Write ``{"system_prompt": {...}}`` as JSON (``.json``) or the bare text (other suffixes)."""
+        path = Path(path)
+        if path.suffix == ".json":
+            atomic_write_text(
+                path, json.dumps({"system_prompt": self.dump_state()}, indent=2, ensure_ascii=False)
+            )
+        else:
+            atomic_write_text(path, self.text + "\n")
+
+    @classmethod
+    def load(cls, path: str | Path) -> SystemPrompt:
+        """Read a system prompt from any file a user is likely to hold.
+
+        Accepted: a saved :class:`MetaSPOProgram` or any ``Module.save`` JSON containing a
+        SystemPrompt; ``SystemPrompt.save`` output; the reference's ``bilevel_nodes_*.json``
+        (``optimized_system_prompt``) and ``prompts/*.json`` (``prompt``); a MetaSPO run artifact
+        (``optimized_system_prompt``); or a plain-text file (its whole text). Raises ``ValueError``
+        naming the file and what was expected when none of these fits or the prompt is empty.
+        """
+        path = Path(path)
+        try:
+            raw = path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise ValueError(f"system prompt file {path} does not exist") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ValueError(f"cannot read system prompt file {path}: {exc}") from None
+        try:
+            data = json.loads(raw)
+        except json.JSONDecodeError:
+            data = None
+        if data is None or isinstance(data, str):
+            text = raw.strip() if data is None else data.strip()
+            if not text:
+                raise ValueError(f"system prompt file {path} is empty; write the system prompt text into it")
+            return cls(text)
+        state = _find_system_prompt_state(data)
+        if state is None:
+            raise ValueError(
+                f"no system prompt found in {path}: expected a saved MetaSPO program, a "
+                "'system_prompt' entry, 'optimized_system_prompt' (reference bilevel_nodes / run "
+                "artifact) or 'prompt' (reference prompts/*.json), or a plain-text file"
+            )
+        if not state["text"].strip():
+            raise ValueError(f"the system prompt in {path} is empty")
+        return cls().load_state(state)
+
+    def __repr__(self) -> str:
+        return f"SystemPrompt({self.text!r}, instructions_in={self.instructions_in!r})"
+
+    def __str__(self) -> str:
+        return self.text
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, SystemPrompt):
+            return NotImplemented
+        return self.dump_state() == other.dump_state()
+
+    __hash__ = None  # mutable
+
+
+def _is_state(value: Any) -> bool:
+    return isinstance(value, Mapping) and isinstance(value.get("text"), str) and "instructions_in" in value
+
+
+def _find_system_prompt_state(data: Any) -> dict[str, Any] | None:
+    if not isinstance(data, Mapping):
+        return None
+    for key in ("optimized_system_prompt", "prompt"):
+        if isinstance(data.get(key), str):
+            return {"text": data[key], "instructions_in": "user"}
+    if isinstance(data.get("system_prompt"), str):
+        return {"text": data["system_prompt"], "instructions_in": "user"}
+    found = [value for value in data.values() if _is_state(value)]
+    if found:
+        return dict(found[0])
+    return None
+
+
+def as_system_prompt(value: SystemPrompt | str | None) -> SystemPrompt:
+    """Coerce a string (or None: the default prompt) into a :class:`SystemPrompt`."""
+    if value is None:
+        return SystemPrompt()
+    if isinstance(value, SystemPrompt):
+        return value
+    if isinstance(value, str):
+        return SystemPrompt(value)
+    raise TypeError(f"expected a SystemPrompt or a string, got {type(value).__name__}")
+
+
+class WithSystemPrompt(dspy.Module):
+    """Run ``program`` with ``system_prompt`` at the start of every predictor's system message.
+
+    The prompt is applied with a scoped ``dspy.context(adapter=...)`` around the wrapped program's
+    run, on top of ``adapter`` (default: whatever adapter is configured when it runs, else
+    ``ChatAdapter``), so it also reaches the JSON fallback, and never reaches LM calls made outside
+    this run. The wrapped program is used as given (not copied, not modified).
+    """
+
+    def __init__(
+        self,
+        program: dspy.Module,
+        system_prompt: SystemPrompt | str,
+        adapter: dspy.Adapter | str | None = None,
+    ):
+        super().__init__()
+        if not isinstance(program, dspy.Module):
+            raise TypeError(f"WithSystemPrompt wraps a dspy.Module, got {type(program).__name__}")
+        self.program = program
+        self.system_prompt = as_system_prompt(system_prompt)
+        self.adapter = make_adapter(adapter)
+
+    def forward(self, *args, **kwargs):
+        with dspy.context(adapter=self.system_prompt.adapter(self.adapter)):
+            return self.program(*args, **kwargs)
+
+    async def aforward(self, *args, **kwargs):
+        with dspy.context(adapter=self.system_prompt.adapter(self.adapter)):
+            return await self.program.acall(*args, **kwargs)
+
+
+class MetaSPOProgram(dspy.Module):
+    """One optimized system prompt and, per task, that task's program with its best user prompt(s).
+
+    ``program(task="beauty", **inputs)`` runs the task's program under the system prompt;
+    ``program.tasks["beauty"]`` is the bare task program (no system prompt: wrap it with
+    :class:`WithSystemPrompt` or call :meth:`for_task`); ``detailed_results`` holds the run's
+    history (see ``MetaSPO``). ``save("x.json")`` writes a ``Module.save``-compatible JSON that also
+    records the adapter, each task program's structure and the run history, so
+    :meth:`from_file` can rebuild it.
+    """
+
+    def __init__(
+        self,
+        system_prompt: SystemPrompt | str,
+        tasks: Mapping[str, dspy.Module],
+        adapter: dspy.Adapter | str | None = None,
+        detailed_results: dict[str, Any] | None = None,
+    ):
+        super().__init__()
+        self.system_prompt = as_system_prompt(system_prompt)
+        self.tasks = dict(tasks)
+        self.adapter = make_adapter(adapter)
+        self.detailed_results = detailed_results or {}
+
+    def for_task(self, task: str) -> WithSystemPrompt:
+        """The task's program wrapped with this system prompt (shares the task program)."""
+        return WithSystemPrompt(self._task(task), self.system_prompt, self.adapter)
+
+    def _task(self, task: str) -> dspy.Module:
+        try:
+            return self.tasks[task]
+        except KeyError:
+            raise ValueError(f"unknown task {task!r}; this program has {sorted(self.tasks)}") from None
+
+    def forward(self, task: str, **inputs):
+        program = self._task(task)
+        with dspy.context(adapter=self.system_prompt.adapter(self.adapter)):
+            return program(**inputs)
+
+    async def aforward(self, task: str, **inputs):
+        program = self._task(task)
+        with dspy.context(adapter=self.system_prompt.adapter(self.adapter)):
+            return await program.acall(**inputs)
+
+    def save(self, path, save_program: bool = False, modules_to_serialize=None) -> None:
+        """Save as JSON (atomic). Other suffixes and ``save_program=True`` defer to ``Module.save``."""
+        path = Path(path)
+        if save_program or path.suffix != ".json":
+            return super().save(path, save_program=save_program, modules_to_serialize=modules_to_serialize)
+        from dspy.utils.saving import get_dependency_versions
+
+        state = self.dump_state()
+        state["metadata"] = {"dependency_versions": get_dependency_versions()}
+        state["metaspo"] = {
+            "format": PROGRAM_FORMAT,
+            "adapter": adapter_name(self.adapter),
+            "programs": {task: program_spec(program) for task, program in self.tasks.items()},
+            "detailed_results": self.detailed_results,
+        }
+        atomic_write_text(path, json.dumps(state, indent=2, ensure_ascii=False, default=str))
+
+    @classmethod
+    def from_file(
+        cls,
+        path: str | Path,
+        programs: dspy.Module | Mapping[str, dspy.Module] | None = None,
+    ) -> MetaSPOProgram:
+        """Rebuild a program written by :meth:`save`.
+
+        ``programs`` gives the task programs' structure (one module for all tasks, or one per
+        task); they are deep-copied, never modified. Without it, each task's program is rebuilt
+        from the structure recorded at save time, which works for ``Predict`` and
+        ``ChainOfThought`` programs whose field types are builtins, lists or literals; other
+        programs need ``programs=``, and a clear error says so.
+        """
+        path = Path(path)
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ValueError(f"{path} does not exist") from None
+        except (OSError, json.JSONDecodeError) as exc:
+            raise ValueError(f"{path} is not a saved MetaSPO program: {exc}") from None
+        meta = data.get("metaspo") if isinstance(data, dict) else None
+        if not isinstance(meta, dict) or meta.get("format") != PROGRAM_FORMAT:
+            raise ValueError(f"{path} is not a saved MetaSPO program (written by MetaSPOProgram.save)")
+        tasks: dict[str, dspy.Module] = {}
+        for task, spec in meta["programs"].items():
+            if programs is not None:
+                template = programs if isinstance(programs, dspy.Module) else programs.get(task)
+                if template is None:
+                    raise ValueError(f"programs= has no program for task {task!r}")
+                tasks[task] = template.deepcopy()
+            elif spec is None:
+                raise ValueError(
+                    f"the program of task {task!r} in {path} cannot be rebuilt from the file alone; "
+                    "pass its structure: MetaSPOProgram.from_file(path, programs={task: module})"
+                )
+            else:
+                tasks[task] = program_from_spec(spec)
+        result = cls(
+            SystemPrompt(),
+            tasks,
+            adapter=make_adapter(meta.get("adapter")),
+            detailed_results=meta.get("detailed_results") or {},
+        )
+        state = {k: v for k, v in data.items() if k not in ("metadata", "metaspo")}
+        result.load_state(state)
+        return result
+
+    def deepcopy(self) -> MetaSPOProgram:
+        new = super().deepcopy()
+        new.detailed_results = copy.deepcopy(self.detailed_results)
+        return new
