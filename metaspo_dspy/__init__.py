@@ -5,19 +5,30 @@ import os as _os
 # LiteLLM otherwise spends seconds trying to download its price list on first use.
 _os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
-from metaspo_dspy.adapters import ReferenceAdapter, with_system_prompt
-from metaspo_dspy.metrics import MetricError, TaskMetric
-from metaspo_dspy.optimize.metaspo import MetaSPO
-from metaspo_dspy.program import MetaSPOProgram, SystemPrompt, WithSystemPrompt
+from metaspo_dspy.adapters import ReferenceAdapter, with_system_prompt  # noqa: E402
+from metaspo_dspy.meta_test import generate_user_prompts, test_time_adaptation, unseen_generalization  # noqa: E402
+from metaspo_dspy.metrics import MetricError, TaskMetric  # noqa: E402
+from metaspo_dspy.optimize.ape import APE  # noqa: E402
+from metaspo_dspy.optimize.common import ConfigError  # noqa: E402
+from metaspo_dspy.optimize.metaspo import MetaSPO, reference_bilevel_nodes  # noqa: E402
+from metaspo_dspy.optimize.protegi import ProTeGi  # noqa: E402
+from metaspo_dspy.program import MetaSPOProgram, SystemPrompt, WithSystemPrompt  # noqa: E402
 
 __all__ = [
+    "APE",
+    "ConfigError",
     "MetaSPO",
     "MetaSPOProgram",
     "MetricError",
+    "ProTeGi",
     "ReferenceAdapter",
     "SystemPrompt",
     "TaskMetric",
     "WithSystemPrompt",
+    "generate_user_prompts",
+    "reference_bilevel_nodes",
+    "test_time_adaptation",
+    "unseen_generalization",
     "with_system_prompt",
 ]
 __version__ = "0.1.0"

@@ -100,13 +100,16 @@ def _prepend_text(content: Any, text: str) -> Any:
 class _SystemPromptMixin:
     """Mixed in front of an adapter class by :func:`with_system_prompt` (never used alone)."""
 
+    # Adapters that place the instructions themselves (ReferenceAdapter) set a class attribute
+    # ``embeds_instructions = True``; it is looked up on the base class, so it is not defined here.
     system_prompt_text: str = ""
     instructions_in: InstructionsIn = "user"
-    #: Adapters that place the instructions themselves (ReferenceAdapter) set this.
-    embeds_instructions: bool = False
+
+    def _embeds_instructions(self) -> bool:
+        return getattr(self, "embeds_instructions", False)
 
     def format_task_description(self, signature):
-        if self.instructions_in == "user" and not self.embeds_instructions:
+        if self.instructions_in == "user" and not self._embeds_instructions():
             return ""
         return super().format_task_description(signature)
 
@@ -116,7 +119,7 @@ class _SystemPromptMixin:
             messages[0]["content"] = _join(self.system_prompt_text, message_text(messages[0]["content"]))
         elif self.system_prompt_text.strip():
             messages.insert(0, {"role": "system", "content": self.system_prompt_text.strip()})
-        if self.instructions_in == "user" and not self.embeds_instructions:
+        if self.instructions_in == "user" and not self._embeds_instructions():
             for message in reversed(messages):
                 if message.get("role") == "user":
                     message["content"] = _prepend_text(message["content"], signature.instructions)
@@ -133,9 +136,7 @@ class _SystemPromptMixin:
         return super().parse(signature, completion)
 
     def _make_json_adapter_fallback(self):
-        return with_system_prompt(
-            super()._make_json_adapter_fallback(), self.system_prompt_text, self.instructions_in
-        )
+        return with_system_prompt(super()._make_json_adapter_fallback(), self.system_prompt_text, self.instructions_in)
 
 
 _CLASS_CACHE: dict[type, type] = {}
@@ -155,9 +156,7 @@ def _system_prompt_class(base: type) -> type:
     return cls
 
 
-def with_system_prompt(
-    adapter: Adapter | None, text: str, instructions_in: InstructionsIn = "user"
-) -> Adapter:
+def with_system_prompt(adapter: Adapter | None, text: str, instructions_in: InstructionsIn = "user") -> Adapter:
     """Return a copy of ``adapter`` (default: ``dspy.ChatAdapter()``) that carries ``text``.
 
     Contract: the returned adapter formats exactly what ``adapter`` would, except that the system

@@ -80,9 +80,7 @@ class NodeEval:
 def _lm_identity(lm: Any) -> dict[str, Any]:
     if lm is None:
         return {}
-    kwargs = {
-        k: v for k, v in getattr(lm, "kwargs", {}).items() if k not in ("api_key", "api_base", "base_url")
-    }
+    kwargs = {k: v for k, v in getattr(lm, "kwargs", {}).items() if k not in ("api_key", "api_base", "base_url")}
     return {"model": getattr(lm, "model", type(lm).__name__), "kwargs": kwargs}
 
 
@@ -121,9 +119,7 @@ def program_state(program: dspy.Module) -> list[Any]:
     return state
 
 
-def item_key(
-    task_lm: Any, adapter: Any, job: EvalJob, program_fingerprint: list[Any], example: dspy.Example
-) -> str:
+def item_key(task_lm: Any, adapter: Any, job: EvalJob, program_fingerprint: list[Any], example: dspy.Example) -> str:
     """A digest of everything that shapes the requests of one (node, example) evaluation."""
     payload = {
         "task_lm": _lm_identity(task_lm),
@@ -160,9 +156,7 @@ class GridEvaluator:
     returns something other than a score, since that is a bug in the metric, not in the model.
     """
 
-    def __init__(
-        self, task_lm: Any = None, adapter: Any = None, num_threads: int = 16, progress: bool = True
-    ):
+    def __init__(self, task_lm: Any = None, adapter: Any = None, num_threads: int = 16, progress: bool = True):
         if num_threads < 1:
             raise ValueError(f"num_threads must be >= 1, got {num_threads}")
         self.task_lm = task_lm
@@ -175,9 +169,7 @@ class GridEvaluator:
 
     def _run_one(self, job: EvalJob, names: dict[int, str], example: dspy.Example) -> _Raw:
         recorder = CallRecorder(predictor_names=names)
-        adapter = with_system_prompt(
-            self.adapter or dspy.settings.adapter, job.system_prompt, job.instructions_in
-        )
+        adapter = with_system_prompt(self.adapter or dspy.settings.adapter, job.system_prompt, job.instructions_in)
         overrides: dict[str, Any] = {"adapter": adapter, "trace": [], "metaspo_recorder": recorder}
         if self.task_lm is not None:
             overrides["lm"] = self.task_lm
@@ -240,9 +232,7 @@ class GridEvaluator:
             if bar is not None:
                 bar.close()
 
-    def _score(
-        self, job: EvalJob, keyed: list[tuple[int, str]], raws: dict[str, _Raw], seen: set[str]
-    ) -> NodeEval:
+    def _score(self, job: EvalJob, keyed: list[tuple[int, str]], raws: dict[str, _Raw], seen: set[str]) -> NodeEval:
         """Score one job; ``seen`` holds keys already paid for (memo or earlier in this call)."""
         results: list[ExampleResult] = []
         predictions: list[dspy.Prediction | None] = []

@@ -70,9 +70,7 @@ def _accepts_trace(metric: Callable) -> bool:
 def to_score(value: Any, where: str) -> Score:
     """Normalise a metric's return value; raise :class:`MetricError` naming ``where`` otherwise."""
     feedback = None
-    if isinstance(value, dspy.Prediction) or (
-        hasattr(value, "score") and not isinstance(value, (int, float))
-    ):
+    if isinstance(value, dspy.Prediction) or (hasattr(value, "score") and not isinstance(value, (int, float))):
         feedback = getattr(value, "feedback", None)
         value = value.score
     if isinstance(value, bool):
@@ -86,8 +84,7 @@ def to_score(value: Any, where: str) -> Score:
         ) from None
     if math.isnan(number) or not 0.0 <= number <= 1.0:
         raise MetricError(
-            f"metric returned {number} for {where}; MetaSPO needs scores in [0, 1] "
-            "(divide a percentage by 100)"
+            f"metric returned {number} for {where}; MetaSPO needs scores in [0, 1] (divide a percentage by 100)"
         )
     return Score(number, None if feedback is None else str(feedback))
 

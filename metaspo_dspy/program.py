@@ -67,9 +67,7 @@ class SystemPrompt(Parameter):
         """Write ``{"system_prompt": {...}}`` as JSON (``.json``) or the bare text (other suffixes)."""
         path = Path(path)
         if path.suffix == ".json":
-            atomic_write_text(
-                path, json.dumps({"system_prompt": self.dump_state()}, indent=2, ensure_ascii=False)
-            )
+            atomic_write_text(path, json.dumps({"system_prompt": self.dump_state()}, indent=2, ensure_ascii=False))
         else:
             atomic_write_text(path, self.text + "\n")
 

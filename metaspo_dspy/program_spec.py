@@ -45,9 +45,9 @@ def _signature_string(signature: type[dspy.Signature]) -> str | None:
         rebuilt = dspy.Signature(text)
     except Exception:
         return None
-    same = all(
-        rebuilt.fields[name].annotation == info.annotation for name, info in signature.fields.items()
-    ) and list(rebuilt.fields) == list(signature.fields)
+    same = all(rebuilt.fields[name].annotation == info.annotation for name, info in signature.fields.items()) and list(
+        rebuilt.fields
+    ) == list(signature.fields)
     return text if same else None
 
 

@@ -24,9 +24,7 @@ class ConfigError(ValueError):
 def check_examples(task: str, examples: Any, split: str) -> list[dspy.Example]:
     """A task's examples as a list, each a ``dspy.Example`` with inputs set."""
     if examples is None or isinstance(examples, (str, bytes)) or not hasattr(examples, "__iter__"):
-        raise ConfigError(
-            f"{split} set of task {task!r} must be a list of dspy.Example, got {type(examples).__name__}"
-        )
+        raise ConfigError(f"{split} set of task {task!r} must be a list of dspy.Example, got {type(examples).__name__}")
     examples = list(examples)
     if not examples:
         raise ConfigError(f"{split} set of task {task!r} is empty; give it at least one dspy.Example")
@@ -58,9 +56,7 @@ class TaskRun:
     def __post_init__(self) -> None:
         self.program = self.program.deepcopy()
         if not self.program.named_predictors():
-            raise ConfigError(
-                f"the program of task {self.name!r} has no dspy.Predict inside; nothing to optimize"
-            )
+            raise ConfigError(f"the program of task {self.name!r} has no dspy.Predict inside; nothing to optimize")
 
     @property
     def predictor_names(self) -> list[str]:
@@ -138,6 +134,7 @@ class SearchBase:
         self._phase: PhaseLog | None = None
         self._phase_start = 0.0
         self._optimizer_calls_at_start = 0
+        self.phase_callback: Callable[[PhaseLog], None] | None = None
 
     # -- phases ------------------------------------------------------------------------------
     def begin(self, phase: str, iteration: int | None) -> PhaseLog:
@@ -153,6 +150,8 @@ class SearchBase:
         log.optimizer_calls = self.proposer.calls - self._optimizer_calls_at_start
         self.phases.append(log)
         self._phase = None
+        if self.phase_callback is not None:
+            self.phase_callback(log)
         return log
 
     # -- evaluation --------------------------------------------------------------------------
@@ -212,9 +211,7 @@ class SearchBase:
         task = self.tasks[node.task]
         evaluation = self.evals[node.id]
         chosen = sample_wrong(evaluation.wrong, k, rng)
-        return [
-            wrong_example(node.task, task.trainset[r.index], r, node.system_prompt, predictor) for r in chosen
-        ]
+        return [wrong_example(node.task, task.trainset[r.index], r, node.system_prompt, predictor) for r in chosen]
 
     def propose_user(
         self, parent: PromptNode, iteration: int | None, candidate: int, predictor: str, phase: str

@@ -18,7 +18,7 @@ proposes APE-style (input/output pairs) in both loops. All evaluation of a step 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +29,7 @@ from metaspo_dspy.adapters import adapter_name, make_adapter
 from metaspo_dspy.evaluation import GridEvaluator
 from metaspo_dspy.io import atomic_write_json
 from metaspo_dspy.metrics import Metric
-from metaspo_dspy.optimize.common import ConfigError, SearchBase, TaskRun, check_examples
+from metaspo_dspy.optimize.common import ConfigError, PhaseLog, SearchBase, TaskRun, check_examples
 from metaspo_dspy.optimize.proposer import Proposer, io_pairs
 from metaspo_dspy.optimize.state import BilevelState, PromptNode
 from metaspo_dspy.program import DEFAULT_SYSTEM_PROMPT, MetaSPOProgram, SystemPrompt
@@ -72,6 +72,8 @@ class MetaSPO(Teleprompter):
         log_dir: when set, the run artifact (``metaspo_run.json``) and the reference-format
             ``bilevel_nodes.json`` are written there.
         progress: show progress bars.
+        phase_callback: called with each finished phase's :class:`PhaseLog` (calls, time), e.g.
+            to stream progress into a notebook.
     """
 
     def __init__(
@@ -95,6 +97,7 @@ class MetaSPO(Teleprompter):
         max_prompt_chars: int = 8000,
         log_dir: str | Path | None = None,
         progress: bool = True,
+        phase_callback: Callable[[PhaseLog], None] | None = None,
     ):
         super().__init__()
         if method not in METHODS:
@@ -110,9 +113,7 @@ class MetaSPO(Teleprompter):
         self.num_user_candidates = _positive("num_user_candidates", num_user_candidates)
         self.user_top_k = _positive("user_top_k", user_top_k)
         initial = (
-            initial_system_prompt.text
-            if isinstance(initial_system_prompt, SystemPrompt)
-            else initial_system_prompt
+            initial_system_prompt.text if isinstance(initial_system_prompt, SystemPrompt) else initial_system_prompt
         )
         if not isinstance(initial, str):
             raise ConfigError(f"initial_system_prompt must be a string, got {type(initial).__name__}")
@@ -127,6 +128,7 @@ class MetaSPO(Teleprompter):
         self.max_prompt_chars = _positive("max_prompt_chars", max_prompt_chars)
         self.log_dir = Path(log_dir) if log_dir is not None else None
         self.progress = progress
+        self.phase_callback = phase_callback
 
     # -- public ------------------------------------------------------------------------------
     def compile(
@@ -149,18 +151,14 @@ class MetaSPO(Teleprompter):
                 (the reference format's question slot and answer-format line).
         """
         if kwargs:
-            raise ConfigError(
-                f"unexpected compile() arguments {sorted(kwargs)}; see MetaSPO.compile's docstring"
-            )
+            raise ConfigError(f"unexpected compile() arguments {sorted(kwargs)}; see MetaSPO.compile's docstring")
         run = _Run(self, self._task_runs(program, trainsets, testsets, metrics, user_prompt_suffixes))
         return run.execute()
 
     # -- set-up ------------------------------------------------------------------------------
     def _task_runs(self, program, trainsets, testsets, metrics, suffixes) -> dict[str, TaskRun]:
         if not isinstance(trainsets, Mapping) or not trainsets:
-            raise ConfigError(
-                "compile() needs trainsets={task_name: [dspy.Example, ...]} with at least one task"
-            )
+            raise ConfigError("compile() needs trainsets={task_name: [dspy.Example, ...]} with at least one task")
         if self.optimizer_lm is None:
             raise ConfigError("MetaSPO needs optimizer_lm=dspy.LM(...): the model that writes prompts")
         if self.task_lm is None and dspy.settings.lm is None:
@@ -182,14 +180,10 @@ class MetaSPO(Teleprompter):
             elif isinstance(program, Mapping) and isinstance(program.get(name), dspy.Module):
                 module = program[name]
             else:
-                raise ConfigError(
-                    f"no program for task {name!r}: pass one dspy.Module or a dict with every task"
-                )
+                raise ConfigError(f"no program for task {name!r}: pass one dspy.Module or a dict with every task")
             metric = metrics.get(name, self.metric)
             if metric is None:
-                raise ConfigError(
-                    f"no metric for task {name!r}: pass MetaSPO(metric=...) or compile(metrics=...)"
-                )
+                raise ConfigError(f"no metric for task {name!r}: pass MetaSPO(metric=...) or compile(metrics=...)")
             test = check_examples(name, testsets[name], "test") if name in testsets else None
             runs[name] = TaskRun(
                 name=name,
@@ -224,6 +218,7 @@ class _Run(SearchBase):
             owner.num_wrong_system,
         )
         self.o = owner
+        self.phase_callback = owner.phase_callback
         self.iterations = owner.num_iterations * (2 if owner.method == "outer_loop" else 1)
         self.steps: list[dict[str, Any]] = []
         self.decisions: list[dict[str, Any]] = []
@@ -271,25 +266,12 @@ class _Run(SearchBase):
                     jobs.append(self.propose_user(parent, iteration, candidate, predictor, "inner"))
                 owners.append((name, parent, predictor))
         proposals = self.proposer.run_all(jobs)
-        new_nodes: dict[str, list[PromptNode]] = {name: [] for name in self.tasks}
+        new_nodes: dict[str, list[PromptNode]] = {}
         for name in self.tasks:
-            mine = {id(p): o for p, o in zip(proposals, owners, strict=True) if o[0] == name}
-
-            def merged(proposal, mine=mine):
-                _, parent, predictor = mine[id(proposal)]
-                return {**parent.user_prompt, predictor: proposal.text}
-
-            existing = {TaskRun.prompt_key(self.store[i].user_prompt) for i in state.beams[name]}
-            ours = [p for p in proposals if id(p) in mine]
-            for proposal in self.finish_proposals(
-                ours, existing, key=lambda p: TaskRun.prompt_key(merged(p))
-            ):
-                parent = mine[id(proposal)][1]
-                node = self.store.child(
-                    parent, user_prompt=merged(proposal), origin="inner", iteration=iteration
-                )
-                proposal.node_ids.append(node.id)
-                new_nodes[name].append(node)
+            mine = [i for i, owner in enumerate(owners) if owner[0] == name]
+            new_nodes[name] = self.user_children(
+                [proposals[i] for i in mine], [owners[i][1:] for i in mine], state.beams[name], "inner", iteration
+            )
         self.evaluate(
             [n for nodes in new_nodes.values() for n in nodes],
             "train",
@@ -313,9 +295,7 @@ class _Run(SearchBase):
             beams = {}
             for name, ids in state.beams.items():
                 children = [
-                    self.store.child(
-                        self.store[i], system_prompt=proposal.text, origin="outer", iteration=iteration
-                    )
+                    self.store.child(self.store[i], system_prompt=proposal.text, origin="outer", iteration=iteration)
                     for i in ids
                 ]
                 beams[name] = [c.id for c in children]
@@ -425,9 +405,7 @@ class _Run(SearchBase):
                 "num_wrong_system": o.num_wrong_system,
                 "task_lm": getattr(o.task_lm or dspy.settings.lm, "model", None),
                 "optimizer_lm": getattr(o.optimizer_lm, "model", None),
-                "tasks": {
-                    n: {"train": len(t.trainset), "test": len(t.testset or [])} for n, t in self.tasks.items()
-                },
+                "tasks": {n: {"train": len(t.trainset), "test": len(t.testset or [])} for n, t in self.tasks.items()},
             },
             "initial_system_prompt": o.initial_system_prompt,
             "optimized_system_prompt": state.system_prompt,
@@ -473,9 +451,7 @@ def reference_bilevel_nodes(artifact: Mapping[str, Any]) -> dict[str, Any]:
     def convert(node: Mapping[str, Any]) -> dict[str, Any]:
         prompt = node["user_prompt"]
         instruction = (
-            next(iter(prompt.values()))
-            if len(prompt) == 1
-            else "\n\n".join(f"[{k}]\n{v}" for k, v in prompt.items())
+            next(iter(prompt.values())) if len(prompt) == 1 else "\n\n".join(f"[{k}]\n{v}" for k, v in prompt.items())
         )
         return {
             "id": node["id"],
@@ -490,7 +466,5 @@ def reference_bilevel_nodes(artifact: Mapping[str, Any]) -> dict[str, Any]:
 
     return {
         "optimized_system_prompt": artifact["optimized_system_prompt"],
-        "nodes": [
-            [[convert(n) for n in nodes] for nodes in step["nodes"].values()] for step in artifact["steps"]
-        ],
+        "nodes": [[[convert(n) for n in nodes] for nodes in step["nodes"].values()] for step in artifact["steps"]],
     }

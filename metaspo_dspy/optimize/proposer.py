@@ -140,8 +140,7 @@ def sample_wrong(wrong: Sequence[ExampleResult], k: int, rng) -> list[ExampleRes
 def io_pairs(examples: Sequence[dspy.Example]) -> list[str]:
     """APE input/output pairs, one string each."""
     return [
-        f"Input:\n{format_fields(dict(ex.inputs()))}\nOutput:\n{format_fields(dict(ex.labels()))}\n"
-        for ex in examples
+        f"Input:\n{format_fields(dict(ex.inputs()))}\nOutput:\n{format_fields(dict(ex.labels()))}\n" for ex in examples
     ]
 
 
@@ -303,17 +302,13 @@ class Proposer:
         text = "\n".join(pairs)
         return self._guarded(
             proposal,
-            lambda: _append(
-                self._call(sigs.InduceInstruction, proposal, "induce", input_output_pairs=text), suffix
-            ),
+            lambda: _append(self._call(sigs.InduceInstruction, proposal, "induce", input_output_pairs=text), suffix),
         )
 
     def paraphrase(self, proposal: Proposal, instruction: str, input_names: Sequence[str]) -> Proposal:
         """APE resampling: same meaning, different words (one call)."""
         signature = _with_slot_note(sigs.ParaphraseInstruction, slots_of(instruction, input_names))
-        return self._guarded(
-            proposal, lambda: self._call(signature, proposal, "paraphrase", instruction=instruction)
-        )
+        return self._guarded(proposal, lambda: self._call(signature, proposal, "paraphrase", instruction=instruction))
 
 
 def _with_slot_note(signature, slots: list[str]):

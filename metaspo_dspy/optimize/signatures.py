@@ -16,12 +16,8 @@ class DiagnoseUserPrompt(dspy.Signature):
 
     system_prompt: str = dspy.InputField(desc="the system prompt, fixed")
     user_prompt: str = dspy.InputField(desc="the current user prompt")
-    wrong_examples: str = dspy.InputField(
-        desc="cases the model got wrong, with its response and the correct answer"
-    )
-    user_prompt_analysis: str = dspy.OutputField(
-        desc="diagnosis of the user prompt's shortcomings and how to fix them"
-    )
+    wrong_examples: str = dspy.InputField(desc="cases the model got wrong, with its response and the correct answer")
+    user_prompt_analysis: str = dspy.OutputField(desc="diagnosis of the user prompt's shortcomings and how to fix them")
 
 
 class RewriteUserPrompt(dspy.Signature):
@@ -32,9 +28,7 @@ class RewriteUserPrompt(dspy.Signature):
 
     system_prompt: str = dspy.InputField(desc="the system prompt, fixed")
     user_prompt: str = dspy.InputField(desc="the current user prompt")
-    wrong_examples: str = dspy.InputField(
-        desc="cases the model got wrong, with its response and the correct answer"
-    )
+    wrong_examples: str = dspy.InputField(desc="cases the model got wrong, with its response and the correct answer")
     user_prompt_analysis: str = dspy.InputField(desc="diagnosis of the current user prompt")
     improved_user_prompt: str = dspy.OutputField(desc="the complete improved user prompt")
 

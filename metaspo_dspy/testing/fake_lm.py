@@ -131,8 +131,8 @@ class FakeEngine:
     Args:
         gold: question text -> correct answer (value or list of acceptable values).
         skill: ``skill(system_prompt, user_prompt) -> probability of a correct answer``.
-        optimizer: optional override ``optimizer(request) -> str | None``; a string replaces the
-            normal optimizer response (e.g. malformed output), None keeps it.
+        override: optional ``override(request) -> str | None``; a string replaces the normal
+            response (e.g. malformed output), None keeps it.
         log_path: JSON-lines request log.
         latency: seconds to sleep per request.
     """
@@ -141,13 +141,13 @@ class FakeEngine:
         self,
         gold: Mapping[str, Any] | Callable[[str], Any] | None = None,
         skill: Callable[[str, str], float] = default_skill,
-        optimizer: Callable[[Request], str | None] | None = None,
+        override: Callable[[Request], str | None] | None = None,
         log_path: str | None = None,
         latency: float = 0.0,
     ):
         self.gold = gold
         self.skill = skill
-        self.optimizer_hook = optimizer
+        self.override = override
         self.log_path = log_path
         self.latency = latency
         self.counts: Counter[str] = Counter()
@@ -191,10 +191,10 @@ class FakeEngine:
         self._record(request)
         if self.latency:
             time.sleep(self.latency)
+        replaced = self.override(request) if self.override else None
+        if replaced is not None:
+            return replaced
         if request.kind == "optimizer":
-            override = self.optimizer_hook(request) if self.optimizer_hook else None
-            if override is not None:
-                return override
             values = self._optimizer_values(request)
         else:
             values = self._task_values(request)
@@ -248,9 +248,7 @@ class FakeEngine:
                 values[name] = f"System variant {tag}: reason step by step and answer precisely."
             else:
                 base = request.inputs.get("user_prompt") or request.inputs.get("instruction") or ""
-                values[name] = _keep_slots(
-                    f"Variant {tag}: read the input carefully and answer precisely.", base
-                )
+                values[name] = _keep_slots(f"Variant {tag}: read the input carefully and answer precisely.", base)
         return values
 
 
