@@ -5,14 +5,14 @@ import os as _os
 # LiteLLM otherwise spends seconds trying to download its price list on first use.
 _os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
-from metaspo_dspy.adapters import ReferenceAdapter, with_system_prompt  # noqa: E402
-from metaspo_dspy.meta_test import generate_user_prompts, test_time_adaptation, unseen_generalization  # noqa: E402
-from metaspo_dspy.metrics import MetricError, TaskMetric  # noqa: E402
-from metaspo_dspy.optimize.ape import APE  # noqa: E402
-from metaspo_dspy.optimize.common import ConfigError  # noqa: E402
-from metaspo_dspy.optimize.metaspo import MetaSPO, reference_bilevel_nodes  # noqa: E402
-from metaspo_dspy.optimize.protegi import ProTeGi  # noqa: E402
-from metaspo_dspy.program import MetaSPOProgram, SystemPrompt, WithSystemPrompt  # noqa: E402
+from metaspo_dspy.adapters import ReferenceAdapter, with_system_prompt
+from metaspo_dspy.meta_test import generate_user_prompts, test_time_adaptation, unseen_generalization
+from metaspo_dspy.metrics import MetricError, TaskMetric
+from metaspo_dspy.optimize.ape import APE
+from metaspo_dspy.optimize.common import ConfigError
+from metaspo_dspy.optimize.metaspo import MetaSPO, reference_bilevel_nodes
+from metaspo_dspy.optimize.protegi import ProTeGi
+from metaspo_dspy.program import MetaSPOProgram, SystemPrompt, WithSystemPrompt
 
 __all__ = [
     "APE",

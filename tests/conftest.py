@@ -10,10 +10,10 @@ from pathlib import Path
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
-import dspy  # noqa: E402
-import pytest  # noqa: E402
+import dspy
+import pytest
 
-from metaspo_dspy.testing import FakeEngine, fake_lm  # noqa: E402
+from metaspo_dspy.testing import FakeEngine, fake_lm
 
 dspy_settings = importlib.import_module("dspy.dsp.utils.settings")
 REPO = Path(__file__).resolve().parents[1]
