@@ -207,3 +207,7 @@ def test_time_adaptation(
         "program": program,
         "details": details,
     }
+
+
+# The name starts with "test_": keep pytest from collecting it when a test module imports it.
+test_time_adaptation.__test__ = False  # type: ignore[attr-defined]

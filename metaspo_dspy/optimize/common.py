@@ -179,6 +179,10 @@ class SearchBase:
                 self.evals[node.id] = result
             else:
                 node.test_score = result.score
+            node.failures[split] = result.failures
+            for r in result.results:
+                if r.error and r.error not in node.errors and len(node.errors) < 3:
+                    node.errors.append(r.error)
             if self._phase is not None:
                 self._phase.task_lm_calls += result.lm_calls
                 self._phase.evaluations += len(result.results)
@@ -240,6 +244,31 @@ class SearchBase:
         rng = rng_for(self.seed, iteration, phase, parent.task, candidate)
         pairs = io_pairs(rng.sample(task.trainset, min(num_pairs, len(task.trainset))))
         return lambda: self.proposer.induce(proposal, pairs, task.suffix)
+
+    def user_children(
+        self,
+        proposals: Sequence[Proposal],
+        owners: Sequence[tuple[PromptNode, str]],
+        existing: Sequence[int],
+        origin: str,
+        iteration: int | None,
+    ) -> list[PromptNode]:
+        """Nodes for the usable user-prompt proposals (``owners[i]`` = (parent, predictor) of
+        ``proposals[i]``); duplicates of ``existing`` nodes' prompts or of each other are dropped."""
+        owner = {id(p): o for p, o in zip(proposals, owners, strict=True)}
+
+        def merged(proposal: Proposal) -> dict[str, str]:
+            parent, predictor = owner[id(proposal)]
+            return {**parent.user_prompt, predictor: proposal.text or ""}
+
+        seen = {TaskRun.prompt_key(self.store[i].user_prompt) for i in existing}
+        children = []
+        for proposal in self.finish_proposals(proposals, seen, key=lambda p: TaskRun.prompt_key(merged(p))):
+            parent = owner[id(proposal)][0]
+            node = self.store.child(parent, user_prompt=merged(proposal), origin=origin, iteration=iteration)
+            proposal.node_ids.append(node.id)
+            children.append(node)
+        return children
 
     def finish_proposals(
         self,

@@ -29,6 +29,8 @@ class PromptNode:
     iteration: int | None = None
     train_score: float | None = None
     test_score: float | None = None
+    failures: dict[str, int] = field(default_factory=dict)
+    errors: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
