@@ -39,8 +39,6 @@ def test_request_counts_per_phase_equal_the_reference(amazon, engine_factory):
         for (phase, task, opt), (_, prev_task, prev_opt) in zip(
             at_phase_end, [("", 0, 0), *at_phase_end[:-1]], strict=True
         )
-            at_phase_end, [("", 0, 0), *at_phase_end[:-1]], strict=False
-        )
     ]
     assert deltas == [("initial", 200, 0)] + [("inner", 600, 24), ("outer", 5400, 18)] * 3
     assert engine.counts["task:chat"] == 18200 and engine.counts["optimizer:chat"] == 126
