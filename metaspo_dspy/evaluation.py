@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextvars
 import hashlib
 import json
+import re
 import threading
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
@@ -23,7 +24,8 @@ from typing import Any
 
 import dspy
 
-from metaspo_dspy.adapters import CallRecorder, LMCall, adapter_name, with_system_prompt
+from metaspo_dspy.adapters import CallRecorder, LMCall, adapter_name, message_text, with_system_prompt
+from metaspo_dspy.journal import Journal
 from metaspo_dspy.metrics import Metric, TaskMetric, is_wrong, score_example, task_score
 
 
@@ -77,11 +79,15 @@ class NodeEval:
         return sum(1 for r in self.results if r.error is not None)
 
 
-def _lm_identity(lm: Any) -> dict[str, Any]:
+_SECRET_OR_ENDPOINT = re.compile(r"key|token|secret|password|auth|header|api_base|base_url", re.IGNORECASE)
+
+
+def lm_identity(lm: Any) -> dict[str, Any]:
+    """An LM's model and generation settings, without secrets or endpoints (safe to store)."""
     if lm is None:
         return {}
-    kwargs = {k: v for k, v in getattr(lm, "kwargs", {}).items() if k not in ("api_key", "api_base", "base_url")}
-    return {"model": getattr(lm, "model", type(lm).__name__), "kwargs": kwargs}
+    kwargs = {k: v for k, v in getattr(lm, "kwargs", {}).items() if not _SECRET_OR_ENDPOINT.search(k)}
+    return {"model": getattr(lm, "model", type(lm).__name__), "kwargs": _jsonable(kwargs)}
 
 
 def _jsonable(value: Any) -> Any:
@@ -112,7 +118,7 @@ def program_state(program: dspy.Module) -> list[Any]:
                     for n, f in signature.fields.items()
                 ],
                 "demos": _jsonable(list(predictor.demos)),
-                "lm": _lm_identity(predictor.lm),
+                "lm": lm_identity(predictor.lm),
                 "config": _jsonable(predictor.config),
             }
         )
@@ -122,7 +128,7 @@ def program_state(program: dspy.Module) -> list[Any]:
 def item_key(task_lm: Any, adapter: Any, job: EvalJob, program_fingerprint: list[Any], example: dspy.Example) -> str:
     """A digest of everything that shapes the requests of one (node, example) evaluation."""
     payload = {
-        "task_lm": _lm_identity(task_lm),
+        "task_lm": lm_identity(task_lm),
         "adapter": adapter_name(adapter),
         "system_prompt": job.system_prompt,
         "instructions_in": job.instructions_in,
@@ -136,9 +142,39 @@ def item_key(task_lm: Any, adapter: Any, job: EvalJob, program_fingerprint: list
 
 @dataclass
 class _Raw:
+    """One program run: its prediction (None on failure), error, and compacted LM calls."""
+
     prediction: dspy.Prediction | None
     error: str | None
     calls: list[LMCall]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "prediction": None if self.prediction is None else _jsonable(dict(self.prediction.items())),
+            "error": self.error,
+            "calls": [
+                {"predictor": c.predictor, "user": _last_user(c.messages), "completion": c.completion}
+                for c in self.calls
+            ],
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> _Raw:
+        prediction = None if data["prediction"] is None else dspy.Prediction(**data["prediction"])
+        calls = [
+            LMCall(c["predictor"], [{"role": "user", "content": c["user"]}], c["completion"]) for c in data["calls"]
+        ]
+        return cls(prediction, data["error"], calls)
+
+
+def _last_user(messages: list[dict[str, Any]]) -> str:
+    users = [m for m in messages if m.get("role") == "user"]
+    return message_text(users[-1]["content"]) if users else ""
+
+
+def _compact(calls: list[LMCall]) -> list[LMCall]:
+    """Keep what the optimizer is shown (last user message, completion): runs stay small in memory."""
+    return [LMCall(c.predictor, [{"role": "user", "content": _last_user(c.messages)}], c.completion) for c in calls]
 
 
 class GridEvaluator:
@@ -156,16 +192,24 @@ class GridEvaluator:
     returns something other than a score, since that is a bug in the metric, not in the model.
     """
 
-    def __init__(self, task_lm: Any = None, adapter: Any = None, num_threads: int = 16, progress: bool = True):
+    def __init__(
+        self,
+        task_lm: Any = None,
+        adapter: Any = None,
+        num_threads: int = 16,
+        progress: bool = True,
+        journal: Journal | None = None,
+    ):
         if num_threads < 1:
             raise ValueError(f"num_threads must be >= 1, got {num_threads}")
         self.task_lm = task_lm
         self.adapter = adapter
         self.num_threads = num_threads
         self.progress = progress
+        self.journal = journal if journal is not None else Journal(None)
         self._memo: dict[str, _Raw] = {}
         self._lock = threading.Lock()
-        self.requests = 0  # program runs that were not served from the memo
+        self.requests = 0  # program runs that were not served from the memo or the journal
 
     def _run_one(self, job: EvalJob, names: dict[int, str], example: dspy.Example) -> _Raw:
         recorder = CallRecorder(predictor_names=names)
@@ -176,9 +220,9 @@ class GridEvaluator:
         try:
             with dspy.context(**overrides):
                 prediction = job.program(**example.inputs())
-            return _Raw(prediction, None, recorder.calls)
+            return _Raw(prediction, None, _compact(recorder.calls))
         except Exception as exc:
-            return _Raw(None, f"{type(exc).__name__}: {exc}"[:2000], recorder.calls)
+            return _Raw(None, f"{type(exc).__name__}: {exc}"[:2000], _compact(recorder.calls))
 
     def evaluate(self, jobs: Sequence[EvalJob], desc: str = "evaluate") -> list[NodeEval]:
         """Score every job; results in job order."""
@@ -195,8 +239,9 @@ class GridEvaluator:
         todo: dict[str, tuple[int, int]] = {}
         with self._lock:
             for j, i, key in items:
-                if key in self._memo:
-                    raws[key] = self._memo[key]
+                raw = self._recall(key)
+                if raw is not None:
+                    raws[key] = raw
                     cached.add(key)
                 elif key not in todo:
                     todo[key] = (j, i)
@@ -217,20 +262,34 @@ class GridEvaluator:
             return key, self._run_one(jobs[j], names_per_job[j], jobs[j].examples[i])
 
         bar = _progress(len(todo), desc) if self.progress else None
+        pool = ThreadPoolExecutor(max_workers=min(self.num_threads, len(todo)))
         try:
-            with ThreadPoolExecutor(max_workers=min(self.num_threads, len(todo))) as pool:
-                futures = [pool.submit(contextvars.copy_context().run, work, key) for key in todo]
-                for future in as_completed(futures):
-                    key, raw = future.result()
-                    raws[key] = raw
-                    with self._lock:
-                        self._memo[key] = raw
-                        self.requests += 1
-                    if bar is not None:
-                        bar.update(1)
+            futures = [pool.submit(contextvars.copy_context().run, work, key) for key in todo]
+            for future in as_completed(futures):
+                key, raw = future.result()
+                raws[key] = raw
+                self.journal.put(key, raw.to_json())
+                with self._lock:
+                    self._memo[key] = raw
+                    self.requests += 1
+                if bar is not None:
+                    bar.update(1)
+        except BaseException:
+            # Ctrl-C or a bug: drop queued items at once (finished ones are already journaled).
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
         finally:
+            pool.shutdown(wait=True)
             if bar is not None:
                 bar.close()
+
+    def _recall(self, key: str) -> _Raw | None:
+        raw = self._memo.get(key)
+        if raw is None:
+            stored = self.journal.get(key)
+            if stored is not None:
+                raw = self._memo[key] = _Raw.from_json(stored)
+        return raw
 
     def _score(self, job: EvalJob, keyed: list[tuple[int, str]], raws: dict[str, _Raw], seen: set[str]) -> NodeEval:
         """Score one job; ``seen`` holds keys already paid for (memo or earlier in this call)."""

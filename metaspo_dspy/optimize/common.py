@@ -99,6 +99,7 @@ class PhaseLog:
     task_lm_calls: int = 0
     optimizer_calls: int = 0
     evaluations: int = 0
+    reused_evaluations: int = 0
     proposals: int = 0
     discarded: int = 0
     seconds: float = 0.0
@@ -186,6 +187,7 @@ class SearchBase:
             if self._phase is not None:
                 self._phase.task_lm_calls += result.lm_calls
                 self._phase.evaluations += len(result.results)
+                self._phase.reused_evaluations += sum(1 for r in result.results if r.cached)
         return results
 
     # -- proposals ---------------------------------------------------------------------------

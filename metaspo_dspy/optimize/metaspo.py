@@ -17,7 +17,6 @@ proposes APE-style (input/output pairs) in both loops. All evaluation of a step 
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -25,20 +24,15 @@ from typing import Any
 import dspy
 from dspy.teleprompt.teleprompt import Teleprompter
 
-from metaspo_dspy.adapters import adapter_name, make_adapter
-from metaspo_dspy.evaluation import GridEvaluator
-from metaspo_dspy.io import atomic_write_json
+from metaspo_dspy.adapters import make_adapter
 from metaspo_dspy.metrics import Metric
-from metaspo_dspy.optimize.common import ConfigError, PhaseLog, SearchBase, TaskRun, check_examples
-from metaspo_dspy.optimize.proposer import Proposer, io_pairs
-from metaspo_dspy.optimize.state import BilevelState, PromptNode
+from metaspo_dspy.optimize.artifact import reference_bilevel_nodes
+from metaspo_dspy.optimize.bilevel import BilevelRun
+from metaspo_dspy.optimize.common import ConfigError, PhaseLog, TaskRun, check_examples
 from metaspo_dspy.program import DEFAULT_SYSTEM_PROMPT, MetaSPOProgram, SystemPrompt
-from metaspo_dspy.seeding import rng_for
-
-logger = logging.getLogger(__name__)
 
 METHODS = ("metaspo", "outer_loop", "metaspo_ape")
-ARTIFACT_FORMAT = "metaspo-dspy/run/v1"
+__all__ = ["METHODS", "MetaSPO", "reference_bilevel_nodes"]
 
 
 def _positive(name: str, value: Any) -> int:
@@ -69,8 +63,12 @@ class MetaSPO(Teleprompter):
         num_wrong_user, num_wrong_system: wrong examples shown per user proposal (3) and per task
             for a system proposal (2).
         max_prompt_chars: longer proposals are discarded.
-        log_dir: when set, the run artifact (``metaspo_run.json``) and the reference-format
-            ``bilevel_nodes.json`` are written there.
+        log_dir: a run directory (see :mod:`metaspo_dspy.runs`): settings, journals of every
+            completed evaluation and proposal, a checkpoint after every phase, and at the end the
+            artifact (``metaspo_run.json``), the reference-format ``bilevel_nodes.json`` and the
+            program (``program.json``).
+        resume: continue the run recorded in ``log_dir`` (same settings required): completed
+            evaluations and proposals are read back from its journals, not asked again.
         progress: show progress bars.
         phase_callback: called with each finished phase's :class:`PhaseLog` (calls, time), e.g.
             to stream progress into a notebook.
@@ -98,6 +96,7 @@ class MetaSPO(Teleprompter):
         log_dir: str | Path | None = None,
         progress: bool = True,
         phase_callback: Callable[[PhaseLog], None] | None = None,
+        resume: bool = False,
     ):
         super().__init__()
         if method not in METHODS:
@@ -129,6 +128,9 @@ class MetaSPO(Teleprompter):
         self.log_dir = Path(log_dir) if log_dir is not None else None
         self.progress = progress
         self.phase_callback = phase_callback
+        self.resume = resume
+        if resume and log_dir is None:
+            raise ConfigError("resume=True needs log_dir=<the run directory to continue>")
 
     # -- public ------------------------------------------------------------------------------
     def compile(
@@ -152,7 +154,7 @@ class MetaSPO(Teleprompter):
         """
         if kwargs:
             raise ConfigError(f"unexpected compile() arguments {sorted(kwargs)}; see MetaSPO.compile's docstring")
-        run = _Run(self, self._task_runs(program, trainsets, testsets, metrics, user_prompt_suffixes))
+        run = BilevelRun(self, self._task_runs(program, trainsets, testsets, metrics, user_prompt_suffixes))
         return run.execute()
 
     # -- set-up ------------------------------------------------------------------------------
@@ -194,277 +196,3 @@ class MetaSPO(Teleprompter):
                 suffix=(suffixes or {}).get(name, ""),
             )
         return runs
-
-
-class _Run(SearchBase):
-    """One execution of MetaSPO.compile (state, history, artifact)."""
-
-    def __init__(self, owner: MetaSPO, tasks: dict[str, TaskRun]):
-        evaluator = GridEvaluator(owner.task_lm, owner.adapter, owner.num_threads, owner.progress)
-        proposer = Proposer(
-            owner.optimizer_lm,
-            owner.optimizer_adapter,
-            owner.seed,
-            owner.max_prompt_chars,
-            num_threads=min(owner.num_threads, 16),
-        )
-        super().__init__(
-            tasks,
-            evaluator,
-            proposer,
-            owner.instructions_in,
-            owner.seed,
-            owner.num_wrong_user,
-            owner.num_wrong_system,
-        )
-        self.o = owner
-        self.phase_callback = owner.phase_callback
-        self.iterations = owner.num_iterations * (2 if owner.method == "outer_loop" else 1)
-        self.steps: list[dict[str, Any]] = []
-        self.decisions: list[dict[str, Any]] = []
-
-    # -- the loop ----------------------------------------------------------------------------
-    def execute(self) -> MetaSPOProgram:
-        state = self.initialize()
-        for iteration in range(self.iterations):
-            if self.o.method != "outer_loop":
-                state = self.inner_loop(state, iteration)
-            state = self.outer_loop(state, iteration)
-        self.test(state)
-        return self.result(state)
-
-    def initialize(self) -> BilevelState:
-        self.begin("initial", None)
-        nodes = [
-            self.store.new(
-                task=name,
-                system_prompt=self.o.initial_system_prompt,
-                user_prompt=task.initial_user_prompt(),
-                parent_id=None,
-                depth=0,
-            )
-            for name, task in self.tasks.items()
-        ]
-        self.evaluate(nodes, "train", "initial evaluation")
-        state = BilevelState(self.o.initial_system_prompt, {n.task: [n.id] for n in nodes})
-        self.end()
-        self.snapshot("initial", None, state)
-        return state
-
-    def inner_loop(self, state: BilevelState, iteration: int) -> BilevelState:
-        self.begin("inner", iteration)
-        k = self.o.num_user_candidates
-        jobs, owners = [], []
-        for name, task in self.tasks.items():
-            parent = self.store[state.best(name)]
-            predictors = task.predictor_names
-            for candidate in range(k):
-                predictor = predictors[(iteration * k + candidate) % len(predictors)]
-                if self.o.method == "metaspo_ape":
-                    jobs.append(self.propose_ape_user(parent, iteration, candidate, predictor, "inner"))
-                else:
-                    jobs.append(self.propose_user(parent, iteration, candidate, predictor, "inner"))
-                owners.append((name, parent, predictor))
-        proposals = self.proposer.run_all(jobs)
-        new_nodes: dict[str, list[PromptNode]] = {}
-        for name in self.tasks:
-            mine = [i for i, owner in enumerate(owners) if owner[0] == name]
-            new_nodes[name] = self.user_children(
-                [proposals[i] for i in mine], [owners[i][1:] for i in mine], state.beams[name], "inner", iteration
-            )
-        self.evaluate(
-            [n for nodes in new_nodes.values() for n in nodes],
-            "train",
-            f"iteration {iteration + 1}: inner loop",
-        )
-        state = state.copy()
-        for name in self.tasks:
-            state.beams[name] = self.store.sorted_beam(
-                state.beams[name] + [n.id for n in new_nodes[name]], self.o.user_top_k
-            )
-        self.end()
-        self.snapshot("inner", iteration, state)
-        return state
-
-    def outer_loop(self, state: BilevelState, iteration: int) -> BilevelState:
-        self.begin("outer", iteration)
-        jobs = [self.propose_system(state, iteration, c) for c in range(self.o.num_system_candidates)]
-        proposals = self.finish_proposals(self.proposer.run_all(jobs), {state.system_prompt})
-        candidates = []
-        for proposal in proposals:
-            beams = {}
-            for name, ids in state.beams.items():
-                children = [
-                    self.store.child(self.store[i], system_prompt=proposal.text, origin="outer", iteration=iteration)
-                    for i in ids
-                ]
-                beams[name] = [c.id for c in children]
-                proposal.node_ids.extend(beams[name])
-            candidates.append((proposal, BilevelState(proposal.text, beams)))
-        every = [self.store[i] for _, cand in candidates for ids in cand.beams.values() for i in ids]
-        self.evaluate(every, "train", f"iteration {iteration + 1}: outer loop")
-        current, current_score = state, state.meta_score(self.store)
-        for proposal, candidate in candidates:
-            score = candidate.meta_score(self.store)
-            accepted = score > current_score
-            self.decisions.append(
-                {
-                    "iteration": iteration,
-                    "candidate": proposal.candidate,
-                    "proposal": proposal.id,
-                    "system_prompt": proposal.text,
-                    "meta_score": score,
-                    "incumbent_meta_score": current_score,
-                    "accepted": accepted,
-                }
-            )
-            if accepted:
-                candidate.beams = {t: self.store.sorted_beam(ids) for t, ids in candidate.beams.items()}
-                current, current_score = candidate, score
-        self.end()
-        self.snapshot("outer", iteration, current)
-        return current
-
-    def propose_system(self, state: BilevelState, iteration: int, candidate: int):
-        if self.o.method == "metaspo_ape":
-            proposal = self.new_proposal("ape_system", iteration, candidate, None, None)
-            pairs = []
-            for name, task in self.tasks.items():
-                rng = rng_for(self.seed, iteration, "outer", name, candidate)
-                pairs += io_pairs(rng.sample(task.trainset, min(5, len(task.trainset))))
-            rng_for(self.seed, iteration, "outer", "shuffle", candidate).shuffle(pairs)
-            return lambda: self.proposer.induce(proposal, pairs)
-        proposal = self.new_proposal("system", iteration, candidate, None, None)
-        blocks, shown = [], []
-        for name in self.tasks:
-            best = self.store[state.best(name)]
-            rng = rng_for(self.seed, iteration, "outer", name, candidate)
-            wrong = self.shown_wrong(best, self.num_wrong_system, rng)
-            shown += wrong
-            blocks.append("\n\n".join(w.render() for w in wrong))
-        rng_for(self.seed, iteration, "outer", "shuffle", candidate).shuffle(blocks)
-        return lambda: self.proposer.system_prompt(proposal, state.system_prompt, blocks, shown)
-
-    def test(self, state: BilevelState) -> None:
-        nodes = [self.store[i] for name, ids in state.beams.items() if self.tasks[name].testset for i in ids]
-        if not nodes:
-            return
-        self.begin("test", None)
-        self.evaluate(nodes, "test", "test evaluation")
-        self.end()
-        # The last snapshot holds the final beams: refresh it with the test scores.
-        self.steps[-1]["nodes"] = self._beam_dicts(state)
-
-    # -- results -----------------------------------------------------------------------------
-    def _beam_dicts(self, state: BilevelState) -> dict[str, list[dict[str, Any]]]:
-        return {name: [self.store[i].to_dict() for i in ids] for name, ids in state.beams.items()}
-
-    def snapshot(self, phase: str, iteration: int | None, state: BilevelState) -> None:
-        self.steps.append(
-            {
-                "phase": phase,
-                "iteration": iteration,
-                "system_prompt": state.system_prompt,
-                "meta_score": state.meta_score(self.store),
-                "beams": {t: list(ids) for t, ids in state.beams.items()},
-                "nodes": self._beam_dicts(state),
-            }
-        )
-
-    def artifact(self, state: BilevelState) -> dict[str, Any]:
-        o = self.o
-        per_task = {}
-        for name, ids in state.beams.items():
-            best = self.store[ids[0]]
-            per_task[name] = {
-                "best_node": best.id,
-                "user_prompt": best.user_prompt,
-                "train_score": best.train_score,
-                "test_score": best.test_score,
-                "beam": [
-                    {
-                        "id": i,
-                        "train_score": self.store[i].train_score,
-                        "test_score": self.store[i].test_score,
-                    }
-                    for i in ids
-                ],
-            }
-        return {
-            "format": ARTIFACT_FORMAT,
-            "method": o.method,
-            "settings": {
-                "num_iterations": o.num_iterations,
-                "num_system_candidates": o.num_system_candidates,
-                "num_user_candidates": o.num_user_candidates,
-                "user_top_k": o.user_top_k,
-                "seed": o.seed,
-                "instructions_in": o.instructions_in,
-                "adapter": adapter_name(o.adapter),
-                "num_wrong_user": o.num_wrong_user,
-                "num_wrong_system": o.num_wrong_system,
-                "task_lm": getattr(o.task_lm or dspy.settings.lm, "model", None),
-                "optimizer_lm": getattr(o.optimizer_lm, "model", None),
-                "tasks": {n: {"train": len(t.trainset), "test": len(t.testset or [])} for n, t in self.tasks.items()},
-            },
-            "initial_system_prompt": o.initial_system_prompt,
-            "optimized_system_prompt": state.system_prompt,
-            "meta_score": state.meta_score(self.store),
-            "tasks": per_task,
-            "steps": self.steps,
-            "outer_decisions": self.decisions,
-            "proposals": [p.to_dict() for p in self.proposals],
-            "nodes": [n.to_dict() for n in self.store.nodes.values()],
-            "phases": [p.to_dict() for p in self.phases],
-            "calls": {
-                "task_lm": sum(p.task_lm_calls for p in self.phases),
-                "optimizer_lm": sum(p.optimizer_calls for p in self.phases),
-            },
-        }
-
-    def result(self, state: BilevelState) -> MetaSPOProgram:
-        data = self.artifact(state)
-        programs = {
-            name: self.tasks[name].prepared(self.store[ids[0]].user_prompt).deepcopy()
-            for name, ids in state.beams.items()
-        }
-        best = MetaSPOProgram(
-            SystemPrompt(state.system_prompt, self.o.instructions_in),
-            programs,
-            adapter=self.o.adapter,
-            detailed_results=data,
-        )
-        if self.o.log_dir is not None:
-            atomic_write_json(self.o.log_dir / "metaspo_run.json", data)
-            atomic_write_json(self.o.log_dir / "bilevel_nodes.json", reference_bilevel_nodes(data))
-        return best
-
-
-def reference_bilevel_nodes(artifact: Mapping[str, Any]) -> dict[str, Any]:
-    """The reference code's ``bilevel_nodes_*.json`` shape, from a run artifact.
-
-    ``{"optimized_system_prompt", "nodes": [[[node, ...] per task] per step]}`` with each node as
-    ``{id, task, system_prompt, instruction, parent_id, depth, eval_metric, test_metric}``
-    (``test_metric`` -1 where not tested); multi-predictor user prompts are joined into one text.
-    """
-
-    def convert(node: Mapping[str, Any]) -> dict[str, Any]:
-        prompt = node["user_prompt"]
-        instruction = (
-            next(iter(prompt.values())) if len(prompt) == 1 else "\n\n".join(f"[{k}]\n{v}" for k, v in prompt.items())
-        )
-        return {
-            "id": node["id"],
-            "task": node["task"],
-            "system_prompt": node["system_prompt"],
-            "instruction": instruction,
-            "parent_id": node["parent_id"],
-            "depth": node["depth"],
-            "eval_metric": node["train_score"] if node["train_score"] is not None else -1,
-            "test_metric": node["test_score"] if node["test_score"] is not None else -1,
-        }
-
-    return {
-        "optimized_system_prompt": artifact["optimized_system_prompt"],
-        "nodes": [[[convert(n) for n in nodes] for nodes in step["nodes"].values()] for step in artifact["steps"]],
-    }

@@ -13,6 +13,8 @@ both derive from (run seed, iteration, phase, task, candidate, call).
 from __future__ import annotations
 
 import contextvars
+import hashlib
+import json
 import re
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -24,6 +26,7 @@ from dspy.utils.exceptions import AdapterParseError
 
 from metaspo_dspy.adapters import message_text
 from metaspo_dspy.evaluation import ExampleResult
+from metaspo_dspy.journal import Journal
 from metaspo_dspy.optimize import signatures as sigs
 from metaspo_dspy.seeding import derive_seed
 
@@ -168,13 +171,16 @@ class Proposer:
         seed: int = 42,
         max_prompt_chars: int = 8000,
         num_threads: int = 8,
+        journal: Journal | None = None,
     ):
         self.lm = optimizer_lm
         self.adapter = adapter
         self.seed = seed
         self.max_prompt_chars = max_prompt_chars
         self.num_threads = max(1, num_threads)
+        self.journal = journal if journal is not None else Journal(None)
         self.calls = 0
+        self.reused = 0
 
     # -- one optimizer call ------------------------------------------------------------------
     def _config(self, *parts: Any) -> dict[str, Any]:
@@ -200,17 +206,30 @@ class Proposer:
             result = dspy.Predict(signature)(**inputs, config=config)
         return getattr(result, next(iter(signature.output_fields)))
 
-    def _guarded(self, proposal: Proposal, fn: Callable[[], str | None]) -> Proposal:
+    def _guarded(self, proposal: Proposal, fn: Callable[[], str | None], shown: Any) -> Proposal:
+        """Run ``fn`` (the optimizer calls) unless the journal already holds this proposal."""
+        key = f"{proposal.kind}|{proposal.iteration}|{proposal.task}|{proposal.candidate}|" + _digest(
+            [self.seed, proposal.predictor, shown]
+        )
+        stored = self.journal.get(key)
+        if stored is not None:
+            for name in ("analysis", "text", "status", "reason", "optimizer_calls"):
+                setattr(proposal, name, stored[name])
+            self.reused += 1
+            return proposal
         try:
             text = fn()
         except AdapterParseError as exc:
             proposal.discard(f"unparsable optimizer output: {str(exc)[:300]}")
-            return proposal
         except Exception as exc:
             proposal.discard(f"optimizer call failed: {type(exc).__name__}: {str(exc)[:300]}")
-            return proposal
-        if proposal.status == "pending":
-            self._validate(proposal, text)
+        else:
+            if proposal.status == "pending":
+                self._validate(proposal, text)
+        self.journal.put(
+            key,
+            {name: getattr(proposal, name) for name in ("analysis", "text", "status", "reason", "optimizer_calls")},
+        )
         return proposal
 
     def _validate(self, proposal: Proposal, text: str | None) -> None:
@@ -266,7 +285,7 @@ class Proposer:
                 user_prompt_analysis=proposal.analysis,
             )
 
-        return self._guarded(proposal, go)
+        return self._guarded(proposal, go, [system_prompt, user_prompt, examples])
 
     def system_prompt(
         self, proposal: Proposal, system_prompt: str, blocks: Sequence[str], shown: Sequence[WrongExample]
@@ -294,7 +313,7 @@ class Proposer:
                 system_prompt_analysis=proposal.analysis,
             )
 
-        return self._guarded(proposal, go)
+        return self._guarded(proposal, go, [system_prompt, examples])
 
     def induce(self, proposal: Proposal, pairs: Sequence[str], suffix: str = "") -> Proposal:
         """APE generation: infer an instruction from input/output pairs (one call); ``suffix`` appended."""
@@ -303,12 +322,20 @@ class Proposer:
         return self._guarded(
             proposal,
             lambda: _append(self._call(sigs.InduceInstruction, proposal, "induce", input_output_pairs=text), suffix),
+            [text, suffix],
         )
 
     def paraphrase(self, proposal: Proposal, instruction: str, input_names: Sequence[str]) -> Proposal:
         """APE resampling: same meaning, different words (one call)."""
         signature = _with_slot_note(sigs.ParaphraseInstruction, slots_of(instruction, input_names))
-        return self._guarded(proposal, lambda: self._call(signature, proposal, "paraphrase", instruction=instruction))
+        return self._guarded(
+            proposal, lambda: self._call(signature, proposal, "paraphrase", instruction=instruction), [instruction]
+        )
+
+
+def _digest(value: Any) -> str:
+    text = json.dumps(value, sort_keys=True, ensure_ascii=False, default=str)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:24]
 
 
 def _with_slot_note(signature, slots: list[str]):

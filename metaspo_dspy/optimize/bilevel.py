@@ -1,0 +1,269 @@
+"""The MetaSPO search loop (one ``MetaSPO.compile`` call): state, phases, history, results.
+
+See :mod:`metaspo_dspy.optimize.metaspo` for the algorithm. Every phase ends with a checkpoint of
+the history (when a run directory is used), and all evaluations and proposals go through journals,
+so a resumed run replays to where it stopped without asking the LMs again.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from metaspo_dspy.evaluation import GridEvaluator
+from metaspo_dspy.optimize.artifact import ARTIFACT_FORMAT, reference_bilevel_nodes, run_settings
+from metaspo_dspy.optimize.common import SearchBase, TaskRun
+from metaspo_dspy.optimize.proposer import Proposer, io_pairs
+from metaspo_dspy.optimize.state import BilevelState, PromptNode
+from metaspo_dspy.program import MetaSPOProgram, SystemPrompt
+from metaspo_dspy.runs import RunDir
+from metaspo_dspy.seeding import rng_for
+
+
+class BilevelRun(SearchBase):
+    """One execution of MetaSPO.compile (state, history, artifact)."""
+
+    def __init__(self, owner: Any, tasks: dict[str, TaskRun]):
+        self.settings = run_settings(owner, tasks)
+        self.run_dir = RunDir(owner.log_dir, self.settings, owner.resume) if owner.log_dir is not None else None
+        evaluator = GridEvaluator(
+            owner.task_lm,
+            owner.adapter,
+            owner.num_threads,
+            owner.progress,
+            journal=self.run_dir.evaluations if self.run_dir else None,
+        )
+        proposer = Proposer(
+            owner.optimizer_lm,
+            owner.optimizer_adapter,
+            owner.seed,
+            owner.max_prompt_chars,
+            num_threads=min(owner.num_threads, 16),
+            journal=self.run_dir.proposals if self.run_dir else None,
+        )
+        super().__init__(
+            tasks,
+            evaluator,
+            proposer,
+            owner.instructions_in,
+            owner.seed,
+            owner.num_wrong_user,
+            owner.num_wrong_system,
+        )
+        self.o = owner
+        self.phase_callback = owner.phase_callback
+        self.iterations = owner.num_iterations * (2 if owner.method == "outer_loop" else 1)
+        self.steps: list[dict[str, Any]] = []
+        self.decisions: list[dict[str, Any]] = []
+        self.state: BilevelState | None = None
+
+    # -- the loop ----------------------------------------------------------------------------
+    def execute(self) -> MetaSPOProgram:
+        state = self.initialize()
+        for iteration in range(self.iterations):
+            if self.o.method != "outer_loop":
+                state = self.inner_loop(state, iteration)
+            state = self.outer_loop(state, iteration)
+        self.test(state)
+        return self.result(state)
+
+    def initialize(self) -> BilevelState:
+        self.begin("initial", None)
+        nodes = [
+            self.store.new(
+                task=name,
+                system_prompt=self.o.initial_system_prompt,
+                user_prompt=task.initial_user_prompt(),
+                parent_id=None,
+                depth=0,
+            )
+            for name, task in self.tasks.items()
+        ]
+        self.evaluate(nodes, "train", "initial evaluation")
+        state = BilevelState(self.o.initial_system_prompt, {n.task: [n.id] for n in nodes})
+        self.end()
+        self.snapshot("initial", None, state)
+        return state
+
+    def inner_loop(self, state: BilevelState, iteration: int) -> BilevelState:
+        self.begin("inner", iteration)
+        k = self.o.num_user_candidates
+        jobs, owners = [], []
+        for name, task in self.tasks.items():
+            parent = self.store[state.best(name)]
+            predictors = task.predictor_names
+            for candidate in range(k):
+                predictor = predictors[(iteration * k + candidate) % len(predictors)]
+                if self.o.method == "metaspo_ape":
+                    jobs.append(self.propose_ape_user(parent, iteration, candidate, predictor, "inner"))
+                else:
+                    jobs.append(self.propose_user(parent, iteration, candidate, predictor, "inner"))
+                owners.append((name, parent, predictor))
+        proposals = self.proposer.run_all(jobs)
+        new_nodes: dict[str, list[PromptNode]] = {}
+        for name in self.tasks:
+            mine = [i for i, owner in enumerate(owners) if owner[0] == name]
+            new_nodes[name] = self.user_children(
+                [proposals[i] for i in mine], [owners[i][1:] for i in mine], state.beams[name], "inner", iteration
+            )
+        self.evaluate(
+            [n for nodes in new_nodes.values() for n in nodes],
+            "train",
+            f"iteration {iteration + 1}: inner loop",
+        )
+        state = state.copy()
+        for name in self.tasks:
+            state.beams[name] = self.store.sorted_beam(
+                state.beams[name] + [n.id for n in new_nodes[name]], self.o.user_top_k
+            )
+        self.end()
+        self.snapshot("inner", iteration, state)
+        return state
+
+    def outer_loop(self, state: BilevelState, iteration: int) -> BilevelState:
+        self.begin("outer", iteration)
+        jobs = [self.propose_system(state, iteration, c) for c in range(self.o.num_system_candidates)]
+        proposals = self.finish_proposals(self.proposer.run_all(jobs), {state.system_prompt})
+        candidates = []
+        for proposal in proposals:
+            beams = {}
+            for name, ids in state.beams.items():
+                children = [
+                    self.store.child(self.store[i], system_prompt=proposal.text, origin="outer", iteration=iteration)
+                    for i in ids
+                ]
+                beams[name] = [c.id for c in children]
+                proposal.node_ids.extend(beams[name])
+            candidates.append((proposal, BilevelState(proposal.text, beams)))
+        every = [self.store[i] for _, cand in candidates for ids in cand.beams.values() for i in ids]
+        self.evaluate(every, "train", f"iteration {iteration + 1}: outer loop")
+        current, current_score = state, state.meta_score(self.store)
+        for proposal, candidate in candidates:
+            score = candidate.meta_score(self.store)
+            accepted = score > current_score
+            self.decisions.append(
+                {
+                    "iteration": iteration,
+                    "candidate": proposal.candidate,
+                    "proposal": proposal.id,
+                    "system_prompt": proposal.text,
+                    "meta_score": score,
+                    "incumbent_meta_score": current_score,
+                    "accepted": accepted,
+                }
+            )
+            if accepted:
+                candidate.beams = {t: self.store.sorted_beam(ids) for t, ids in candidate.beams.items()}
+                current, current_score = candidate, score
+        self.end()
+        self.snapshot("outer", iteration, current)
+        return current
+
+    def propose_system(self, state: BilevelState, iteration: int, candidate: int):
+        if self.o.method == "metaspo_ape":
+            proposal = self.new_proposal("ape_system", iteration, candidate, None, None)
+            pairs = []
+            for name, task in self.tasks.items():
+                rng = rng_for(self.seed, iteration, "outer", name, candidate)
+                pairs += io_pairs(rng.sample(task.trainset, min(5, len(task.trainset))))
+            rng_for(self.seed, iteration, "outer", "shuffle", candidate).shuffle(pairs)
+            return lambda: self.proposer.induce(proposal, pairs)
+        proposal = self.new_proposal("system", iteration, candidate, None, None)
+        blocks, shown = [], []
+        for name in self.tasks:
+            best = self.store[state.best(name)]
+            rng = rng_for(self.seed, iteration, "outer", name, candidate)
+            wrong = self.shown_wrong(best, self.num_wrong_system, rng)
+            shown += wrong
+            blocks.append("\n\n".join(w.render() for w in wrong))
+        rng_for(self.seed, iteration, "outer", "shuffle", candidate).shuffle(blocks)
+        return lambda: self.proposer.system_prompt(proposal, state.system_prompt, blocks, shown)
+
+    def test(self, state: BilevelState) -> None:
+        nodes = [self.store[i] for name, ids in state.beams.items() if self.tasks[name].testset for i in ids]
+        if not nodes:
+            return
+        self.begin("test", None)
+        self.evaluate(nodes, "test", "test evaluation")
+        self.end()
+        # The last snapshot holds the final beams: refresh it with the test scores.
+        self.steps[-1]["nodes"] = self._beam_dicts(state)
+        self.checkpoint()
+
+    # -- results -----------------------------------------------------------------------------
+    def _beam_dicts(self, state: BilevelState) -> dict[str, list[dict[str, Any]]]:
+        return {name: [self.store[i].to_dict() for i in ids] for name, ids in state.beams.items()}
+
+    def snapshot(self, phase: str, iteration: int | None, state: BilevelState) -> None:
+        self.state = state
+        self.steps.append(
+            {
+                "phase": phase,
+                "iteration": iteration,
+                "system_prompt": state.system_prompt,
+                "meta_score": state.meta_score(self.store),
+                "beams": {t: list(ids) for t, ids in state.beams.items()},
+                "nodes": self._beam_dicts(state),
+            }
+        )
+        self.checkpoint()
+
+    def checkpoint(self) -> None:
+        if self.run_dir is not None and self.state is not None:
+            self.run_dir.checkpoint(self.artifact(self.state, complete=False))
+
+    def artifact(self, state: BilevelState, complete: bool = True) -> dict[str, Any]:
+        """The run history as plain data (see the README's "The run artifact")."""
+        per_task = {}
+        for name, ids in state.beams.items():
+            best = self.store[ids[0]]
+            per_task[name] = {
+                "best_node": best.id,
+                "user_prompt": best.user_prompt,
+                "train_score": best.train_score,
+                "test_score": best.test_score,
+                "beam": [
+                    {"id": i, "train_score": self.store[i].train_score, "test_score": self.store[i].test_score}
+                    for i in ids
+                ],
+            }
+        return {
+            "format": ARTIFACT_FORMAT,
+            "complete": complete,
+            "method": self.o.method,
+            "settings": self.settings,
+            "initial_system_prompt": self.o.initial_system_prompt,
+            "optimized_system_prompt": state.system_prompt,
+            "meta_score": state.meta_score(self.store),
+            "tasks": per_task,
+            "steps": self.steps,
+            "outer_decisions": self.decisions,
+            "proposals": [p.to_dict() for p in self.proposals],
+            "nodes": [n.to_dict() for n in self.store.nodes.values()],
+            "phases": [p.to_dict() for p in self.phases],
+            "calls": {
+                "task_lm": sum(p.task_lm_calls for p in self.phases),
+                "optimizer_lm": sum(p.optimizer_calls for p in self.phases),
+                "task_lm_reused": sum(p.reused_evaluations for p in self.phases),
+                "optimizer_reused": self.proposer.reused,
+            },
+        }
+
+    def result(self, state: BilevelState) -> MetaSPOProgram:
+        data = self.artifact(state)
+        programs = {
+            name: self.tasks[name].prepared(self.store[ids[0]].user_prompt).deepcopy()
+            for name, ids in state.beams.items()
+        }
+        best = MetaSPOProgram(
+            SystemPrompt(state.system_prompt, self.o.instructions_in),
+            programs,
+            adapter=self.o.adapter,
+            detailed_results=data,
+        )
+        if self.run_dir is not None:
+            self.run_dir.write("metaspo_run.json", data)
+            self.run_dir.write("bilevel_nodes.json", reference_bilevel_nodes(data))
+            best.save(self.run_dir.path / "program.json")
+            self.run_dir.checkpoint(data)
+            self.run_dir.close()
+        return best

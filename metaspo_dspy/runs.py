@@ -1,0 +1,117 @@
+"""The run directory: settings, journals, checkpoints and results of one optimization run.
+
+Layout (everything written atomically or append-only)::
+
+    RUN_DIR/run.json           the settings that shape results (compared on resume)
+    RUN_DIR/evaluations.jsonl  every completed program run, as it completes
+    RUN_DIR/proposals.jsonl    every completed proposal, as it completes
+    RUN_DIR/checkpoint.json    the run's history so far, after every phase
+    RUN_DIR/metaspo_run.json   the final artifact (MetaSPO.detailed_results)
+    RUN_DIR/bilevel_nodes.json the same history in the reference code's shape
+    RUN_DIR/program.json       the optimized MetaSPOProgram (MetaSPOProgram.from_file)
+
+Resuming replays the search from the start with the journals as its memory: completed
+evaluations and proposals are read back instead of being asked again, so the run continues where
+it stopped and, with a deterministic model, ends exactly as an uninterrupted run would.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from metaspo_dspy.io import atomic_write_json
+from metaspo_dspy.journal import Journal
+
+RUN_FORMAT = "metaspo-dspy/run-dir/v1"
+
+
+class RunDirError(ValueError):
+    """The run directory cannot be used as asked (exists, not writable, incompatible settings)."""
+
+
+def _diff(old: Any, new: Any, prefix: str = "") -> list[str]:
+    if isinstance(old, dict) and isinstance(new, dict):
+        keys = sorted(set(old) | set(new))
+        out: list[str] = []
+        for key in keys:
+            out += _diff(old.get(key, "<missing>"), new.get(key, "<missing>"), f"{prefix}{key}.")
+        return out
+    if old != new:
+        shown = lambda v: repr(v) if len(repr(v)) < 80 else repr(v)[:77] + "...'"  # noqa: E731
+        return [f"{prefix.rstrip('.')}: {shown(old)} -> {shown(new)}"]
+    return []
+
+
+class RunDir:
+    """Opens (or creates) a run directory.
+
+    Args:
+        path: the folder.
+        settings: JSON-able settings that shape the run's results (no secrets).
+        resume: continue the run recorded there; its settings must equal ``settings``.
+
+    Raises :class:`RunDirError` with the fix when the folder holds another run and ``resume`` is
+    False, holds nothing to resume, has incompatible settings (named one by one), or is not writable.
+    """
+
+    def __init__(self, path: str | Path, settings: dict[str, Any], resume: bool = False):
+        self.path = Path(path)
+        self.settings = json.loads(json.dumps(settings, default=str))
+        run_file = self.path / "run.json"
+        if resume:
+            if not run_file.exists():
+                raise RunDirError(
+                    f"nothing to resume in {self.path}: it has no run.json (start a new run there instead)"
+                )
+            try:
+                recorded = json.loads(run_file.read_text(encoding="utf-8"))["settings"]
+            except (OSError, json.JSONDecodeError, KeyError) as exc:
+                raise RunDirError(f"{run_file} is unreadable ({exc}); cannot resume this run") from None
+            differences = _diff(recorded, self.settings)
+            if differences:
+                raise RunDirError(
+                    f"cannot resume {self.path}: these settings differ from the recorded run: "
+                    + "; ".join(differences)
+                    + ". Resume with the original settings, or start a new run in another folder."
+                )
+        else:
+            if run_file.exists():
+                raise RunDirError(
+                    f"{self.path} already holds a run; resume it (metaspo train --resume {self.path}, or "
+                    "MetaSPO(..., resume=True)) or choose another log dir"
+                )
+            self._check_writable()
+            atomic_write_json(run_file, {"format": RUN_FORMAT, "settings": self.settings})
+        self.evaluations = Journal(self.path / "evaluations.jsonl")
+        self.proposals = Journal(self.path / "proposals.jsonl")
+
+    def _check_writable(self) -> None:
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            probe = self.path / ".write-test"
+            probe.write_text("ok", encoding="utf-8")
+            probe.unlink()
+        except OSError as exc:
+            raise RunDirError(
+                f"cannot write to log dir {self.path}: {exc.strerror or exc}; choose a writable folder"
+            ) from None
+        if not os.access(self.path, os.W_OK):
+            raise RunDirError(f"cannot write to log dir {self.path}; choose a writable folder")
+
+    def checkpoint(self, history: dict[str, Any]) -> None:
+        """Persist the history so far and make the journals durable (called after every phase)."""
+        self.evaluations.sync()
+        self.proposals.sync()
+        atomic_write_json(self.path / "checkpoint.json", history)
+
+    def write(self, name: str, data: Any) -> Path:
+        path = self.path / name
+        atomic_write_json(path, data)
+        return path
+
+    def close(self) -> None:
+        self.evaluations.close()
+        self.proposals.close()
