@@ -1,0 +1,220 @@
+"""``load_task`` / ``load_tasks``: a benchmark or generated task as a ready :class:`Task`.
+
+Sources (``source=``):
+
+* ``"local"``: ``{data_dir}/{folder}/{task}.json`` in the reference's format; ``data_dir``
+  defaults to ``$METASPO_DATA_DIR``, else ``../shared/data`` relative to the current directory;
+* ``"bigbench"``: the ``bigbench`` package's ``task.json`` files (BIG-bench tasks only);
+* ``"hub"``: Hugging Face ``datasets`` (see :mod:`.hub` for ids and mappings);
+* ``"auto"`` (default): the local file if present, else the bigbench package for a BIG-bench
+  task if installed, else the hub.
+
+Generated tasks (``gen_*``) need no source. Prompt formats (``prompt_format=``):
+
+* ``"dspy"`` (default): signature ``question -> answer`` (plain ``str`` fields) whose instructions
+  are the reference's base instruction; run it with any DSPy adapter; the metric normalises the
+  ``answer`` field robustly (:mod:`.parsing`). Numbers measured this way are DSPy-format numbers,
+  not comparable one-to-one with the paper's.
+* ``"reference"``: signature ``question -> response`` whose instructions are the reference's full
+  user prompt (base instruction + ``<Question>{question}</Question>`` + answer-format line); run it
+  with :class:`~metaspo_dspy.adapters.ReferenceAdapter`; the metric applies the reference's parsing
+  and quirks (:mod:`.reference_parsing`). This reproduces the paper's protocol.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import re
+from collections.abc import Iterable
+from typing import Any
+
+import dspy
+
+from metaspo_dspy.tasks import parsing
+from metaspo_dspy.tasks.base import Task
+from metaspo_dspy.tasks.bigbench_pkg import BIGBENCH_LAYOUT, bigbench_splits
+from metaspo_dspy.tasks.generated import generate_splits
+from metaspo_dspy.tasks.hub import HUB_SOURCES, hub_splits
+from metaspo_dspy.tasks.local import TaskLoadError, check_row, local_path, read_splits, resolve_data_dir
+from metaspo_dspy.tasks.reference_parsing import REFERENCE_PARSERS
+from metaspo_dspy.tasks.sampling import sample_splits
+from metaspo_dspy.tasks.scoring import build_metric
+from metaspo_dspy.tasks.specs import TaskSpec, get_spec
+
+PROMPT_FORMATS = ("dspy", "reference")
+SOURCES = ("auto", "local", "bigbench", "hub")
+Splits = dict[str, list[dict[str, Any]]]
+
+
+def task_signature(spec: TaskSpec, prompt_format: str = "dspy") -> type[dspy.Signature]:
+    """The task's signature: ``question -> answer`` (DSPy format) or ``question -> response``
+    (reference format, instructions = the reference's full user prompt)."""
+    class_name = "".join(part.capitalize() for part in re.split(r"[^0-9a-zA-Z]+", spec.name)) + "Signature"
+    if prompt_format == "dspy":
+        fields = {
+            "question": (str, dspy.InputField()),
+            "answer": (str, dspy.OutputField(desc=spec.answer_desc)),
+        }
+        return dspy.make_signature(fields, spec.base_prompt, signature_name=class_name)
+    fields = {"question": (str, dspy.InputField()), "response": (str, dspy.OutputField())}
+    return dspy.make_signature(fields, spec.reference_prompt, signature_name=class_name)
+
+
+def task_normalizer(spec: TaskSpec, prompt_format: str = "dspy"):
+    """The one-argument normaliser of ``spec``'s answers in ``prompt_format``."""
+    if prompt_format == "reference":
+        return REFERENCE_PARSERS[spec.reference_parser]
+    if spec.kind == "option":
+        return functools.partial(parsing.parse_option, letters=spec.letters)
+    return {
+        "rating": parsing.parse_rating,
+        "yesno": parsing.parse_yes_no,
+        "span": parsing.parse_span,
+    }.get(spec.kind, parsing.normalize_text)
+
+
+def to_example(row: dict[str, Any]) -> dspy.Example:
+    """A reference-format row as an example: ``question`` input, ``answer`` (as text) or
+    ``answers`` (list) label. Extra row keys are not copied."""
+    if "answers" in row and isinstance(row["answers"], list):
+        return dspy.Example(question=row["question"], answers=[str(a) for a in row["answers"]]).with_inputs("question")
+    return dspy.Example(question=row["question"], answer=str(row["answer"])).with_inputs("question")
+
+
+def fetch_splits(
+    spec: TaskSpec,
+    data_dir: str | os.PathLike | None = None,
+    source: str = "auto",
+    bigbench_root: str | os.PathLike | None = None,
+    hub_limit: int | None = 2000,
+) -> tuple[Splits, dict[str, Any]]:
+    """``spec``'s full train/test rows and where they came from.
+
+    Raises :class:`TaskLoadError` naming the task and every place looked when no source has it; a
+    local file that exists but is malformed raises at once.
+    """
+    tried: list[str] = []
+    if source in ("auto", "local"):
+        base = resolve_data_dir(data_dir)
+        if base is None:
+            tried.append("local: no data_dir given, $METASPO_DATA_DIR unset, ../shared/data absent")
+        else:
+            path = local_path(base, spec.folder, spec.name)
+            if path.is_file():
+                return read_splits(path, spec.name), {"source": "local", "path": str(path)}
+            tried.append(f"local file {path} (not found)")
+    if source in ("auto", "bigbench"):
+        if spec.name in BIGBENCH_LAYOUT:
+            try:
+                return bigbench_splits(spec.name, bigbench_root), {"source": "bigbench", "task": spec.name}
+            except TaskLoadError as exc:
+                tried.append(f"bigbench package: {exc}")
+        elif source == "bigbench":
+            tried.append("bigbench package: not a BIG-bench task")
+    if source in ("auto", "hub"):
+        try:
+            splits = hub_splits(spec.name, hub_limit)
+            return splits, {"source": "hub", "dataset": HUB_SOURCES[spec.name].describe()}
+        except TaskLoadError as exc:
+            tried.append(f"Hugging Face hub: {exc}")
+    raise TaskLoadError(
+        f"task {spec.name!r} could not be loaded (source={source!r}); looked in:\n  - " + "\n  - ".join(tried)
+    )
+
+
+def build_task(
+    spec: TaskSpec,
+    splits: Splits,
+    prompt_format: str = "dspy",
+    train_size: int | None = 50,
+    test_size: int | None = 500,
+    seed: int | None = 42,
+    metadata: dict[str, Any] | None = None,
+) -> Task:
+    """A :class:`Task` from full splits: sampled as the reference does, then wrapped."""
+    for split in ("train", "test"):
+        for i, row in enumerate(splits.get(split, [])):
+            check_row(row, spec.name, f"{split}[{i}]")
+    if not splits.get("train") and not splits.get("test"):
+        raise TaskLoadError(f"task {spec.name!r}: no examples in {metadata or 'the source'}")
+    train_rows, test_rows = sample_splits(
+        splits.get("train", []), splits.get("test", []), train_size, test_size, seed, spec.name
+    )
+    info = {
+        **(metadata or {}),
+        "role": spec.role,
+        "available": {"train": len(splits.get("train", [])), "test": len(splits.get("test", []))},
+        "seed": seed,
+        "train_size": len(train_rows),
+        "test_size": len(test_rows),
+    }
+    return Task(
+        name=spec.name,
+        signature=task_signature(spec, prompt_format),
+        metric=build_metric(spec, prompt_format),
+        train=[to_example(r) for r in train_rows],
+        test=[to_example(r) for r in test_rows],
+        domain=spec.domain,
+        prompt_format=prompt_format,  # type: ignore[arg-type]
+        prompt_suffix=spec.suffix if prompt_format == "reference" else "",
+        normalize=task_normalizer(spec, prompt_format),
+        metadata=info,
+    )
+
+
+def load_task(
+    name: str,
+    data_dir: str | os.PathLike | None = None,
+    source: str = "auto",
+    prompt_format: str = "dspy",
+    train_size: int | None = 50,
+    test_size: int | None = 500,
+    seed: int | None = 42,
+    *,
+    bigbench_root: str | os.PathLike | None = None,
+    hub_limit: int | None = 2000,
+    generator_seed: int = 0,
+) -> Task:
+    """Load one task (any of the 35 benchmark tasks, an alias such as ``anthropic_harmless``, or a
+    generated ``gen_*`` task).
+
+    Args:
+        name: task name.
+        data_dir: folder in the reference's layout (default ``$METASPO_DATA_DIR`` or
+            ``../shared/data``).
+        source: ``auto``, ``local``, ``bigbench`` or ``hub`` (ignored by generated tasks).
+        prompt_format: ``dspy`` or ``reference`` (see the module docstring).
+        train_size, test_size: cut sizes (None = all); capped at what exists, with a warning.
+        seed: the run seed for the train shuffle (None = no shuffle); the test shuffle always
+            uses 42, as in the reference.
+        bigbench_root: a ``benchmark_tasks`` folder to use instead of the installed package.
+        hub_limit: rows read per hub split (None = all).
+        generator_seed: seed of a generated task's pool.
+
+    Raises:
+        TaskLoadError: unknown task (with suggestions), or no source has it (naming every place
+            looked), or malformed data.
+        ValueError: a bad ``source``, ``prompt_format`` or size.
+    """
+    if prompt_format not in PROMPT_FORMATS:
+        raise ValueError(f"prompt_format must be one of {PROMPT_FORMATS}, got {prompt_format!r}")
+    if source not in SOURCES:
+        raise ValueError(f"source must be one of {SOURCES}, got {source!r}")
+    try:
+        spec = get_spec(name)
+    except KeyError as exc:
+        raise TaskLoadError(exc.args[0]) from None
+    if spec.domain == "generated":
+        splits = generate_splits(spec.name, generator_seed)
+        metadata = {"source": "generated", "generator_seed": generator_seed}
+    else:
+        splits, metadata = fetch_splits(spec, data_dir, source, bigbench_root, hub_limit)
+    return build_task(spec, splits, prompt_format, train_size, test_size, seed, metadata)
+
+
+def load_tasks(names: str | Iterable[str], **kwargs: Any) -> list[Task]:
+    """:func:`load_task` for each name (a single name is accepted too); same keyword arguments."""
+    if isinstance(names, str):
+        names = [names]
+    return [load_task(name, **kwargs) for name in names]

@@ -1,0 +1,156 @@
+"""Run configuration: shipped configs load; every bad config is one clear ConfigError."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from metaspo_dspy.config import CONFIG_DIR, ConfigError, LMConfig, RunConfig, load_config
+from metaspo_dspy.tasks import SOURCE_TASKS, UNSEEN_TASKS
+
+DOMAIN_FILES = ("medical", "review", "reasoning", "safety", "grounding", "generated")
+
+
+def test_defaults_are_the_papers():
+    config = load_config(CONFIG_DIR / "base.yaml", require_tasks=False)
+    assert config == RunConfig(sources=config.sources)
+    assert (config.method, config.seed, config.num_threads) == ("metaspo", 42, 16)
+    assert (config.search.num_iterations, config.search.num_system_candidates) == (3, 9)
+    assert (config.search.num_user_candidates, config.search.user_top_k) == (3, 3)
+    assert (config.data.train_size, config.data.test_size, config.data.prompt_format) == (50, 500, "dspy")
+    assert (config.meta_test.num_unseen_user_prompts, config.meta_test.tta_iterations) == (10, 6)
+    assert config.initial_system_prompt == "You are a helpful assistant."
+    assert config.task_lm.temperature == 0.0
+    assert (config.optimizer_lm.model, config.optimizer_lm.temperature) == ("openai/gpt-4o-mini", 1.0)
+
+
+@pytest.mark.parametrize("domain", DOMAIN_FILES)
+def test_shipped_domain_configs_load(domain):
+    config = load_config(CONFIG_DIR / "base.yaml", CONFIG_DIR / f"{domain}.yaml")
+    assert config.tasks.source == SOURCE_TASKS[domain]
+    assert config.tasks.unseen == UNSEEN_TASKS[domain]
+    assert config.sources == (str(CONFIG_DIR / "base.yaml"), str(CONFIG_DIR / f"{domain}.yaml"))
+
+
+def test_every_shipped_file_loads_and_global_has_the_paper_counts():
+    for path in sorted(CONFIG_DIR.glob("*.yaml")):
+        load_config(path, require_tasks=False)
+    config = load_config("base", "global")  # bare names resolve to the shipped files
+    assert (len(config.tasks.source), len(config.tasks.unseen)) == (16, 14)
+
+
+def test_later_files_and_overrides_win(tmp_path):
+    extra = tmp_path / "extra.yaml"
+    extra.write_text("search:\n  num_iterations: 5\noptimizer_lm:\n  model: openai/gpt-4o\n", encoding="utf-8")
+    config = load_config(
+        "base", "review", extra, overrides=["seed=7", "tasks.unseen=pet,anthropic_harmless", "task_lm.temperature=0"]
+    )
+    assert config.search.num_iterations == 5 and config.search.num_system_candidates == 9
+    assert config.optimizer_lm == LMConfig(model="openai/gpt-4o", temperature=1.0, api_key_env="OPENAI_API_KEY")
+    assert config.seed == 7 and config.tasks.unseen == ("pet", "antropic_harmless")
+    assert isinstance(config.task_lm.temperature, float)
+    mapping = load_config("review", overrides={"data.prompt_format": "reference"})
+    assert mapping.data.prompt_format == "reference" and mapping.sources[-1] == "<overrides>"
+
+
+def test_config_is_frozen():
+    config = load_config("review")
+    with pytest.raises(AttributeError):
+        config.seed = 1  # type: ignore[misc]
+
+
+BAD = [
+    ("malformed YAML", "search:\n  num_iterations: [3\n", ["malformed YAML", "line"]),
+    ("not a mapping", "- a\n- b\n", ["top level must be a mapping"]),
+    (
+        "unknown key",
+        "search:\n  num_iteration: 3\n",
+        ["'search.num_iteration'", "did you mean 'search.num_iterations'"],
+    ),
+    ("unknown top key", "num_iterations: 3\n", ["'num_iterations'", "did you mean 'search.num_iterations'"]),
+    ("unknown section", "serch:\n  num_iterations: 3\n", ["'serch'", "did you mean 'search'"]),
+    (
+        "unknown task",
+        "tasks:\n  source: [beauty, gaem]\n",
+        ["'tasks.source'", "unknown task 'gaem'", "did you mean 'game'"],
+    ),
+    ("wrong type", "search:\n  num_iterations: three\n", ["'search.num_iterations'", "must be an integer", "'three'"]),
+    ("bool is not int", "seed: true\n", ["'seed'", "must be an integer"]),
+    ("wrong list type", "tasks:\n  source: beauty\n", ["'tasks.source'", "must be a list of strings"]),
+    ("section not mapping", "search: 3\n", ["'search'", "must be a mapping"]),
+    ("empty task list", "tasks:\n  source: []\n", ["'tasks.source'", "empty task list"]),
+    (
+        "bad choice",
+        "data:\n  prompt_format: refrence\n",
+        ["'data.prompt_format'", "dspy, reference", "did you mean 'reference'"],
+    ),
+    ("negative size", "data:\n  train_size: 0\n", ["'data.train_size'", ">= 1"]),
+    ("duplicate task", "tasks:\n  source: [beauty, beauty]\n", ["listed twice"]),
+    ("api key", "task_lm:\n  api_key: sk-123\n", ["'task_lm.api_key'", "never store API keys", "task_lm.api_key_env"]),
+]
+
+
+@pytest.mark.parametrize(("case", "text", "needles"), BAD, ids=[c for c, _, _ in BAD])
+def test_bad_configs_fail_with_one_clear_message(tmp_path, case, text, needles):
+    path = tmp_path / "bad.yaml"
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(ConfigError) as info:
+        load_config("base", "review", path)
+    message = str(info.value)
+    assert str(path) in message
+    for needle in needles:
+        assert needle in message
+    assert isinstance(info.value, ValueError)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "needle"),
+    [
+        (["search.num_iterations=x"], "'search.num_iterations' must be an integer"),
+        (["search.nope=1"], "unknown key 'search.nope'"),
+        (["seed"], "must look like key=value"),
+        ({"tasks.source": ["nosuchtask"]}, "unknown task 'nosuchtask'"),
+    ],
+)
+def test_bad_overrides_name_the_overrides(overrides, needle):
+    with pytest.raises(ConfigError) as info:
+        load_config("base", "review", overrides=overrides)
+    assert "<overrides>" in str(info.value) and needle in str(info.value)
+
+
+def test_missing_tasks_and_missing_file(tmp_path):
+    with pytest.raises(ConfigError, match=r"'tasks\.source' is missing"):
+        load_config("base")
+    with pytest.raises(ConfigError, match="cannot read config file"):
+        load_config(tmp_path / "nope.yaml")
+
+
+def test_lm_kwargs_read_the_key_from_the_environment(monkeypatch):
+    lm = LMConfig(
+        model="openai/x", temperature=0.5, max_tokens=64, api_base="http://localhost:8000/v1", api_key_env="MY_KEY"
+    )
+    monkeypatch.setenv("MY_KEY", "secret")
+    assert lm.lm_kwargs() == {
+        "model": "openai/x",
+        "temperature": 0.5,
+        "max_tokens": 64,
+        "api_base": "http://localhost:8000/v1",
+        "api_key": "secret",
+    }
+    monkeypatch.delenv("MY_KEY")
+    with pytest.raises(ConfigError, match="MY_KEY"):
+        lm.lm_kwargs()
+    with pytest.raises(ConfigError, match="no model"):
+        LMConfig().lm_kwargs()
+
+
+def test_to_dict_round_trips_through_yaml(tmp_path):
+    import yaml
+
+    config = load_config("base", "safety")
+    data = config.to_dict()
+    data.pop("sources")
+    path = Path(tmp_path / "saved.yaml")
+    path.write_text(yaml.safe_dump(data), encoding="utf-8")
+    assert load_config(path).to_dict() | {"sources": None} == data | {"sources": None}
