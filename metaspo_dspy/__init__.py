@@ -13,6 +13,7 @@ from metaspo_dspy.optimize.common import ConfigError
 from metaspo_dspy.optimize.metaspo import MetaSPO, reference_bilevel_nodes
 from metaspo_dspy.optimize.protegi import ProTeGi
 from metaspo_dspy.program import MetaSPOProgram, SystemPrompt, WithSystemPrompt
+from metaspo_dspy.tasks import Task, compile_kwargs, load_task, load_tasks, load_unseen_user_prompts, make_task
 
 __all__ = [
     "APE",
@@ -23,9 +24,15 @@ __all__ = [
     "ProTeGi",
     "ReferenceAdapter",
     "SystemPrompt",
+    "Task",
     "TaskMetric",
     "WithSystemPrompt",
+    "compile_kwargs",
     "generate_user_prompts",
+    "load_task",
+    "load_tasks",
+    "load_unseen_user_prompts",
+    "make_task",
     "reference_bilevel_nodes",
     "test_time_adaptation",
     "unseen_generalization",
