@@ -31,6 +31,7 @@ from metaspo_dspy.optimize import signatures as sigs
 from metaspo_dspy.seeding import derive_seed
 
 _SLOT = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
+_PLACEHOLDER = re.compile(r"\{[^{}]*\}")
 
 
 @dataclass
@@ -236,6 +237,8 @@ class Proposer:
         text = (text or "").strip()
         if not text:
             proposal.discard("empty proposal")
+        elif _PLACEHOLDER.fullmatch(text):
+            proposal.discard(f"the optimizer echoed a template placeholder ({text[:60]})")
         elif len(text) > self.max_prompt_chars:
             proposal.discard(f"proposal too long ({len(text)} > {self.max_prompt_chars} characters)")
         else:

@@ -135,6 +135,8 @@ class FakeEngine:
             response (e.g. malformed output), None keeps it.
         log_path: JSON-lines request log.
         latency: seconds to sleep per request.
+        keep_requests: keep every parsed request in :attr:`requests` (tests inspect them; long
+            benchmarks turn it off).
     """
 
     def __init__(
@@ -144,12 +146,14 @@ class FakeEngine:
         override: Callable[[Request], str | None] | None = None,
         log_path: str | None = None,
         latency: float = 0.0,
+        keep_requests: bool = True,
     ):
         self.gold = gold
         self.skill = skill
         self.override = override
         self.log_path = log_path
         self.latency = latency
+        self.keep_requests = keep_requests
         self.counts: Counter[str] = Counter()
         self.requests: list[Request] = []
         self._lock = threading.Lock()
@@ -168,7 +172,8 @@ class FakeEngine:
         with self._lock:
             self.counts[request.kind] += 1
             self.counts[f"{request.kind}:{request.format}"] += 1
-            self.requests.append(request)
+            if self.keep_requests:
+                self.requests.append(request)
             if self.log_path:
                 entry = {
                     "kind": request.kind,
@@ -187,7 +192,11 @@ class FakeEngine:
 
     # -- answers -----------------------------------------------------------------------------
     def respond(self, messages: list[dict[str, Any]], params: Mapping[str, Any]) -> str:
-        request = Request(messages, params)
+        """The response text for one chat request (recorded, counted)."""
+        return self.answer(Request(messages, params))
+
+    def answer(self, request: Request) -> str:
+        """The response text for a parsed request (recorded, counted)."""
         self._record(request)
         if self.latency:
             time.sleep(self.latency)
@@ -309,6 +318,11 @@ def install_provider() -> None:
 
         litellm.custom_provider_map.append({"provider": PROVIDER, "custom_handler": _FakeProvider()})
         litellm.suppress_debug_info = True
+        # Make LiteLLM list the provider now, not at its first completion: until then it reports no
+        # supported params for it and DSPy's JSONAdapter would send no response_format.
+        from litellm.utils import custom_llm_setup
+
+        custom_llm_setup()
 
 
 def _model_response(model: str, text: str):

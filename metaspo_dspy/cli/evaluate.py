@@ -1,0 +1,197 @@
+"""``metaspo test``: meta-test system prompts on unseen tasks (unseen generalization or test-time adaptation)."""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from metaspo_dspy.cli.common import add_config_arguments, config_from_args, resolve_system_prompt, say, table
+from metaspo_dspy.cli.models import build_models
+from metaspo_dspy.io import atomic_write_json
+from metaspo_dspy.meta_test import test_time_adaptation, unseen_generalization
+from metaspo_dspy.optimize.common import ConfigError
+from metaspo_dspy.tasks import TaskLoadError, load_tasks, load_unseen_user_prompts
+
+HELP = "score system prompts on unseen tasks (unseen generalization or test-time adaptation)"
+DESCRIPTION = """\
+Meta-test one or more system prompts on the unseen tasks of a config.
+
+  unseen generalization (default): each task's test split with N user prompts that were never
+    optimized (the authors' stored prompts when the data folder has them, else generated once
+    with APE by the optimizer model and stored in the log dir), mean and spread per task;
+  test-time adaptation: ProTeGi on each task's user prompt with the system prompt fixed,
+    test score of the best kept prompt per round.
+
+A system prompt is a preset (default, cot, service), a run directory made by `metaspo train`, or a
+text/JSON file.
+
+examples:
+  metaspo test -c review --task-model openai/gpt-4o-mini --system-prompt default service runs/review
+  metaspo test -c generated --task-model embedded --optimizer-model embedded --system-prompt default runs/demo
+  metaspo test -c review --analysis tta --system-prompt runs/review --tta-iterations 6
+"""
+
+
+def add_parser(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "test", help=HELP, description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    add_config_arguments(parser, search=False)
+    parser.add_argument(
+        "--system-prompt", "-s", nargs="+", default=["default"], metavar="SPEC", help="system prompts to compare"
+    )
+    parser.add_argument(
+        "--analysis", choices=["unseen", "tta"], default="unseen", help="which protocol (default unseen)"
+    )
+    parser.add_argument("--tasks", nargs="+", metavar="TASK", help="unseen tasks to use (default: the config's)")
+    parser.add_argument("--num-user-prompts", type=int, help="user prompts per task for unseen (paper: 10)")
+    parser.add_argument(
+        "--user-prompts",
+        choices=["auto", "authors", "generate"],
+        default="auto",
+        help="auto: the authors' stored prompts where they exist, else APE-generated",
+    )
+    parser.add_argument("--tta-iterations", type=int, help="ProTeGi rounds for test-time adaptation (paper: 6)")
+    parser.add_argument("--log-dir", type=Path, help="where results go (default: runs/test-<time>)")
+    parser.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    extra = {"tasks.unseen": args.tasks} if args.tasks else {}
+    config = config_from_args(args, require_tasks=False, extra=extra)
+    if not config.tasks.unseen:
+        raise ConfigError("no unseen tasks: use a config with tasks.unseen (e.g. -c review) or pass --tasks")
+    prompts = [resolve_system_prompt(spec) for spec in args.system_prompt]
+    tasks = load_tasks(
+        config.tasks.unseen,
+        data_dir=config.data.data_dir,
+        source=config.data.source,
+        prompt_format=config.data.prompt_format,
+        train_size=config.data.train_size,
+        test_size=config.data.test_size,
+        seed=config.seed,
+    )
+    models = build_models(config) if _needs_optimizer(args) else build_models(config, task_only=True)
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+    log_dir = args.log_dir or Path("runs") / f"test-{stamp}"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    say(
+        f"{'unseen generalization' if args.analysis == 'unseen' else 'test-time adaptation'} on "
+        f"{', '.join(t.name for t in tasks)} with {len(prompts)} system prompt(s); model {models.task_label}"
+    )
+    started = time.perf_counter()
+    if args.analysis == "unseen":
+        results = _unseen(args, config, tasks, prompts, models, log_dir)
+    else:
+        results = _tta(config, tasks, prompts, models)
+    results["seconds"] = round(time.perf_counter() - started, 1)
+    results["prompt_format"] = config.data.prompt_format
+    path = log_dir / f"{args.analysis}_results.json"
+    atomic_write_json(path, results)
+    say(f"results: {path}   time {results['seconds']}s")
+    return 0
+
+
+def _needs_optimizer(args: argparse.Namespace) -> bool:
+    return args.analysis == "tta" or args.user_prompts != "authors"
+
+
+def _user_prompts(args, config, tasks) -> dict[str, list[str]]:
+    """The authors' stored prompts per task where wanted and available."""
+    if args.user_prompts == "generate":
+        return {}
+    given = {}
+    for task in tasks:
+        try:
+            given[task.name] = load_unseen_user_prompts(
+                task.name,
+                data_dir=config.data.data_dir,
+                prompt_format=config.data.prompt_format,
+                num=config.meta_test.num_unseen_user_prompts,
+            )
+        except TaskLoadError:
+            if args.user_prompts == "authors":
+                raise
+    return given
+
+
+def _unseen(args, config, tasks, prompts, models, log_dir: Path) -> dict[str, Any]:
+    given = _user_prompts(args, config, tasks)
+    runs = {}
+    for label, prompt in prompts:
+        runs[label] = unseen_generalization(
+            prompt,
+            tasks,
+            user_prompts=given,
+            num_user_prompts=config.meta_test.num_unseen_user_prompts,
+            task_lm=models.task_lm,
+            optimizer_lm=models.optimizer_lm,
+            adapter=models.task_adapter,
+            optimizer_adapter=models.optimizer_adapter,
+            prompts_dir=log_dir / "unseen_user_prompts",
+            num_threads=models.threads(config.num_threads),
+            seed=config.seed,
+            progress=not args.quiet,
+        )
+    rows = []
+    for task in tasks:
+        row: list[Any] = [task.name]
+        for label, _ in prompts:
+            entry = runs[label]["tasks"][task.name]
+            row.append(f"{entry['mean']:.3f} ± {entry['stdev']:.3f}")
+        rows.append(row)
+    rows.append(["average", *(f"{runs[label]['average']:.3f}" for label, _ in prompts)])
+    print(table(rows, ["task", *(label for label, _ in prompts)]))
+    say(
+        f"(mean ± stdev over {config.meta_test.num_unseen_user_prompts} user prompts, test split, "
+        f"{config.data.prompt_format} format; scores are fractions in [0, 1])"
+    )
+    return {
+        "analysis": "unseen_generalization",
+        "system_prompts": {label: p.text for label, p in prompts},
+        "results": runs,
+    }
+
+
+def _tta(config, tasks, prompts, models) -> dict[str, Any]:
+    runs: dict[str, dict[str, Any]] = {}
+    rows = []
+    for label, prompt in prompts:
+        runs[label] = {}
+        for task in tasks:
+            result = test_time_adaptation(
+                prompt,
+                task,
+                iterations=config.meta_test.tta_iterations,
+                optimizer_lm=models.optimizer_lm,
+                task_lm=models.task_lm,
+                adapter=models.task_adapter,
+                optimizer_adapter=models.optimizer_adapter,
+                num_threads=models.threads(config.num_threads),
+                seed=config.seed,
+            )
+            result.pop("program")
+            runs[label][task.name] = result
+            rows.append([label, task.name, *(r["test_of_best"] for r in result["rounds"])])
+    rounds = config.meta_test.tta_iterations + 1
+    print(table(rows, ["system prompt", "task", *(f"round {r}" for r in range(rounds))]))
+    averages = {
+        label: [
+            statistics.fmean(runs[label][t.name]["rounds"][r]["test_of_best"] for t in tasks) for r in range(rounds)
+        ]
+        for label, _ in prompts
+    }
+    say(
+        "average test score of the best kept prompt per round: "
+        + "; ".join(f"{label}: " + " ".join(f"{v:.3f}" for v in values) for label, values in averages.items())
+    )
+    return {
+        "analysis": "test_time_adaptation",
+        "system_prompts": {label: p.text for label, p in prompts},
+        "results": runs,
+        "averages": averages,
+    }

@@ -1,0 +1,191 @@
+"""``metaspo train``: optimize a system prompt on a config's source tasks."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from metaspo_dspy.cli.common import add_config_arguments, config_from_args, resolve_system_prompt, say, table
+from metaspo_dspy.cli.models import build_models
+from metaspo_dspy.config import RunConfig, load_config
+from metaspo_dspy.estimate import estimate_calls
+from metaspo_dspy.io import atomic_write_json
+from metaspo_dspy.optimize.common import ConfigError, PhaseLog
+from metaspo_dspy.optimize.metaspo import MetaSPO
+from metaspo_dspy.runs import RunDirError
+from metaspo_dspy.tasks import compile_kwargs, load_tasks
+
+HELP = "optimize a system prompt on the source tasks of a config (MetaSPO)"
+DESCRIPTION = """\
+Run MetaSPO on the source tasks of a config and write a run directory holding the optimized
+system prompt, every prompt tried with its scores, and the program (program.json).
+
+examples:
+  metaspo train -c review --task-model openai/gpt-4o-mini --log-dir runs/review
+  metaspo train -c generated --task-model embedded --optimizer-model embedded --iterations 1
+  metaspo train --resume runs/review          # continue an interrupted run
+"""
+
+
+def add_parser(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "train", help=HELP, description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    add_config_arguments(parser, search=True)
+    parser.add_argument(
+        "--initial-system-prompt",
+        metavar="SPEC",
+        help="where the search starts: a preset (default, cot, service), a text/JSON file, or a run dir",
+    )
+    parser.add_argument("--log-dir", type=Path, help="run directory to create (default: runs/<time>-<method>)")
+    parser.add_argument(
+        "--resume", type=Path, metavar="RUN_DIR", help="continue the run in RUN_DIR with its recorded settings"
+    )
+    parser.set_defaults(handler=run)
+
+
+_RESUME_OK = {"resume", "threads", "quiet", "handler", "command", "config", "set"}
+
+
+def _config(args: argparse.Namespace) -> tuple[RunConfig, Path, bool]:
+    if args.resume is None:
+        extra = {}
+        if args.initial_system_prompt:
+            extra["initial_system_prompt"] = resolve_system_prompt(args.initial_system_prompt)[1].text
+        config = config_from_args(args, extra=extra)
+        stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+        return config, args.log_dir or Path("runs") / f"{stamp}-{config.method}", False
+    given = [k for k, v in vars(args).items() if k not in _RESUME_OK and v not in (None, False, [])]
+    if given or args.config or args.set:
+        names = ", ".join("--" + k.replace("_", "-") for k in given) or "--config/--set"
+        raise ConfigError(
+            f"--resume uses the run's recorded settings; drop {names} (only --threads/--quiet may change)"
+        )
+    saved = args.resume / "config.json"
+    if not saved.exists():
+        raise ConfigError(f"nothing to resume in {args.resume}: no config.json (was it made by `metaspo train`?)")
+    data = json.loads(saved.read_text(encoding="utf-8"))
+    overrides = [f"{k}={json.dumps(v)}" for k, v in _flat(data).items() if k != "sources"]
+    if args.threads:
+        overrides.append(f"num_threads={args.threads}")
+    return load_config(overrides=overrides), args.resume, True
+
+
+def _flat(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        if isinstance(value, dict):
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def run(args: argparse.Namespace) -> int:
+    config, run_dir, resume = _config(args)
+    if config.method not in ("metaspo", "outer_loop", "metaspo_ape"):
+        raise ConfigError(f"metaspo train runs method metaspo, outer_loop or metaspo_ape, not {config.method!r}")
+    tasks = load_tasks(
+        config.tasks.source,
+        data_dir=config.data.data_dir,
+        source=config.data.source,
+        prompt_format=config.data.prompt_format,
+        train_size=config.data.train_size,
+        test_size=config.data.test_size,
+        seed=config.seed,
+    )
+    models = build_models(config)
+    if not resume:
+        if (run_dir / "run.json").exists():
+            raise RunDirError(
+                f"{run_dir} already holds a run; continue it with `metaspo train --resume {run_dir}` "
+                "or choose another --log-dir"
+            )
+        try:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            atomic_write_json(run_dir / "config.json", config.to_dict())
+        except OSError as exc:
+            raise RunDirError(
+                f"cannot write to log dir {run_dir}: {exc.strerror or exc}; choose a writable folder"
+            ) from None
+    estimate = estimate_calls(
+        config.method,
+        config.search.num_iterations,
+        config.search.num_system_candidates,
+        config.search.num_user_candidates,
+        config.search.user_top_k,
+        {t.name: (len(t.train), len(t.test)) for t in tasks},
+    )
+    say(f"MetaSPO ({config.method}) on {len(tasks)} source tasks: {', '.join(t.name for t in tasks)}")
+    say(
+        f"  task model: {models.task_label}   optimizer: {models.optimizer_label}   format: {config.data.prompt_format}"
+    )
+    say(
+        f"  estimated calls: {estimate['task_lm']} task-model (train {estimate['task_lm_train']}, "
+        f"test {estimate['task_lm_test']}), {estimate['optimizer_lm']} optimizer"
+    )
+    say(f"  run directory: {run_dir}{'  (resuming)' if resume else ''}")
+    started = time.perf_counter()
+    tp = MetaSPO(
+        optimizer_lm=models.optimizer_lm,
+        task_lm=models.task_lm,
+        method=config.method,
+        num_iterations=config.search.num_iterations,
+        num_system_candidates=config.search.num_system_candidates,
+        num_user_candidates=config.search.num_user_candidates,
+        user_top_k=config.search.user_top_k,
+        initial_system_prompt=config.initial_system_prompt,
+        adapter=models.task_adapter,
+        optimizer_adapter=models.optimizer_adapter,
+        num_threads=models.threads(config.num_threads),
+        seed=config.seed,
+        log_dir=run_dir,
+        resume=resume,
+        progress=not args.quiet,
+        phase_callback=_phase_printer(config),
+    )
+    best = tp.compile(**compile_kwargs(tasks))
+    _summary(best.detailed_results, run_dir, time.perf_counter() - started)
+    print(best.system_prompt.text)
+    return 0
+
+
+def _phase_printer(config: RunConfig):
+    total = config.search.num_iterations * (2 if config.method == "outer_loop" else 1)
+
+    def show(log: PhaseLog) -> None:
+        where = f"{log.phase}" if log.iteration is None else f"{log.phase} {log.iteration + 1}/{total}"
+        reused = f", {log.reused_evaluations} reused" if log.reused_evaluations else ""
+        say(
+            f"  [{where}] {log.task_lm_calls} task calls{reused}, {log.optimizer_calls} optimizer calls, "
+            f"{log.discarded} of {log.proposals} proposals discarded, {log.seconds:.1f}s"
+        )
+
+    return show
+
+
+def _summary(artifact: dict[str, Any], run_dir: Path, seconds: float) -> None:
+    nodes = {n["id"]: n for n in artifact["nodes"]}
+    initial = {n["task"]: n for n in artifact["nodes"] if n["origin"] == "initial"}
+    rows = []
+    for task, entry in artifact["tasks"].items():
+        rows.append([task, initial[task]["train_score"], entry["train_score"], entry["test_score"]])
+    say("")
+    say(table(rows, ["task", "initial train", "final train", "final test"]))
+    first = next(s for s in artifact["steps"] if s["phase"] == "initial")
+    accepted = sum(1 for d in artifact["outer_decisions"] if d["accepted"])
+    say(
+        f"meta-score {first['meta_score']:.3f} -> {artifact['meta_score']:.3f}; "
+        f"{accepted} of {len(artifact['outer_decisions'])} system-prompt candidates accepted"
+    )
+    calls = artifact["calls"]
+    say(
+        f"calls: {calls['task_lm']} task-model ({calls['task_lm_reused']} reused), "
+        f"{calls['optimizer_lm']} optimizer; {len(nodes)} prompts scored; time {seconds:.1f}s"
+    )
+    say(f"artifact: {run_dir / 'metaspo_run.json'}   program: {run_dir / 'program.json'}")
+    say("optimized system prompt (stdout):")

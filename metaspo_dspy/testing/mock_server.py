@@ -1,0 +1,183 @@
+"""A loopback OpenAI-compatible mock model server, for benchmarks and fault-injection tests.
+
+``python -m metaspo_dspy.testing.mock_server --port 0 --latency 0.1`` serves
+``POST /v1/chat/completions`` on 127.0.0.1 and prints ``READY <port>`` when listening. Answers are
+computed from the request by :class:`~metaspo_dspy.testing.fake_lm.FakeEngine` (deterministic;
+gold answers from ``--gold FILE`` or ``$METASPO_FAKE_GOLD``). Options:
+
+* ``--latency S`` and ``--jitter F``: each response waits ``S * uniform(1 - F, 1 + F)`` seconds
+  (drawn from a hash of the request, so it is repeatable);
+* ``--max-concurrency N``: at most N requests are served at once, later ones queue (or get HTTP
+  429 with ``--reject-over-cap``);
+* ``--error-rate``, ``--timeout-rate``, ``--garbage-rate``: inject HTTP 500s, hangs (the response
+  never comes within ``--hang`` seconds) and 200s whose content is not what the adapter expects.
+  Faults are drawn from a hash of (request, attempt number of that request), so a retry of a failed
+  request can succeed, and the same run gets the same faults;
+* ``--log FILE``: one JSON line per request (time, digest, kind, status, fault) -- the server's own
+  record, used by tests to check that every fault was seen by the client.
+
+``GET /stats`` returns counts by kind and fault. Every loop stops by itself: ``--max-seconds``
+(default one hour) ends the server.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import sys
+import time
+from collections import Counter
+from typing import Any
+
+from metaspo_dspy.testing.fake_lm import FakeEngine, Request, short_hash, unit
+
+
+class MockState:
+    """Counters, fault decisions and the request log of one server."""
+
+    def __init__(self, args: argparse.Namespace, engine: FakeEngine):
+        self.args = args
+        self.engine = engine
+        self.counts: Counter[str] = Counter()
+        self.attempts: Counter[str] = Counter()
+        self.log = open(args.log, "a", encoding="utf-8") if args.log else None  # noqa: SIM115
+        self.semaphore = asyncio.Semaphore(args.max_concurrency) if args.max_concurrency else None
+        self.in_flight = 0
+
+    def fault(self, digest: str) -> str | None:
+        attempt = self.attempts[digest]
+        self.attempts[digest] += 1
+        draw = unit("fault", digest, attempt, self.args.seed)
+        a = self.args
+        if draw < a.error_rate:
+            return "http_500"
+        if draw < a.error_rate + a.timeout_rate:
+            return "timeout"
+        if draw < a.error_rate + a.timeout_rate + a.garbage_rate:
+            return "garbage"
+        return None
+
+    def record(self, digest: str, kind: str, status: int, fault: str | None) -> None:
+        self.counts["requests"] += 1
+        self.counts[f"kind:{kind}"] += 1
+        self.counts[f"status:{status}"] += 1
+        if fault:
+            self.counts[f"fault:{fault}"] += 1
+        if self.log is not None:
+            entry = {"t": round(time.time(), 4), "digest": digest, "kind": kind, "status": status, "fault": fault}
+            self.log.write(json.dumps(entry) + "\n")
+            self.log.flush()
+
+
+def _completion(model: str, text: str) -> dict[str, Any]:
+    words = max(1, len(text.split()))
+    return {
+        "id": "chatcmpl-mock",
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": model,
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 10, "completion_tokens": words, "total_tokens": 10 + words},
+    }
+
+
+def make_app(state: MockState):
+    from aiohttp import web
+
+    async def chat(request: web.Request) -> web.Response:
+        body = await request.json()
+        messages = body.get("messages", [])
+        params = {k: v for k, v in body.items() if k not in ("messages", "model")}
+        digest = short_hash(messages, params.get("seed"))
+        fault = state.fault(digest)
+        if state.semaphore is not None and state.args.reject_over_cap and state.semaphore.locked():
+            state.record(digest, "rejected", 429, None)
+            return web.json_response({"error": {"message": "over capacity"}}, status=429)
+        if state.semaphore is not None:
+            await state.semaphore.acquire()
+        try:
+            a = state.args
+            delay = a.latency * (1 + a.jitter * (2 * unit("latency", digest, state.attempts[digest]) - 1))
+            await asyncio.sleep(max(0.0, delay))
+            parsed = Request(messages, params)
+            text = state.engine.answer(parsed)
+            kind = parsed.kind
+            if fault == "timeout":
+                state.record(digest, kind, 0, fault)
+                await asyncio.sleep(a.hang)
+                return web.json_response({"error": {"message": "hung"}}, status=504)
+            if fault == "http_500":
+                state.record(digest, kind, 500, fault)
+                return web.json_response({"error": {"message": "injected server error"}}, status=500)
+            if fault == "garbage":
+                text = "<<garbage: the server mangled this completion>>"
+            state.record(digest, kind, 200, fault)
+            return web.json_response(_completion(body.get("model", "mock"), text))
+        finally:
+            if state.semaphore is not None:
+                state.semaphore.release()
+
+    async def stats(request: web.Request) -> web.Response:
+        return web.json_response(dict(state.counts))
+
+    async def models(request: web.Request) -> web.Response:
+        return web.json_response({"object": "list", "data": [{"id": "mock", "object": "model"}]})
+
+    app = web.Application(client_max_size=64 * 1024**2)
+    app.router.add_post("/v1/chat/completions", chat)
+    app.router.add_post("/chat/completions", chat)
+    app.router.add_get("/v1/models", models)
+    app.router.add_get("/stats", stats)
+    app.router.add_get("/health", lambda r: web.json_response({"ok": True}))
+    return app
+
+
+async def serve(args: argparse.Namespace) -> None:
+    from aiohttp import web
+
+    gold = None
+    path = args.gold or os.environ.get("METASPO_FAKE_GOLD")
+    if path:
+        with open(path, encoding="utf-8") as handle:
+            gold = json.load(handle)
+    state = MockState(args, FakeEngine(gold=gold, keep_requests=False))
+    runner = web.AppRunner(make_app(state), access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", args.port, backlog=1024)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    print(f"READY {port}", flush=True)
+    try:
+        await asyncio.sleep(args.max_seconds)
+    finally:
+        await runner.cleanup()
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--port", type=int, default=0, help="0: any free port (printed as READY <port>)")
+    p.add_argument("--latency", type=float, default=0.1, help="seconds per response")
+    p.add_argument("--jitter", type=float, default=0.0, help="relative latency spread, e.g. 0.2 for +-20%%")
+    p.add_argument("--max-concurrency", type=int, default=0, help="requests served at once (0: unlimited)")
+    p.add_argument("--reject-over-cap", action="store_true", help="answer 429 instead of queueing over the cap")
+    p.add_argument("--error-rate", type=float, default=0.0)
+    p.add_argument("--timeout-rate", type=float, default=0.0)
+    p.add_argument("--garbage-rate", type=float, default=0.0)
+    p.add_argument("--hang", type=float, default=30.0, help="seconds an injected timeout hangs")
+    p.add_argument("--seed", type=int, default=0, help="fault and latency draws")
+    p.add_argument("--gold", help="JSON {question: answer} for correct answers")
+    p.add_argument("--log", help="JSON-lines request log")
+    p.add_argument("--max-seconds", type=float, default=3600.0, help="the server stops by itself after this")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(serve(parse_args(argv)))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
