@@ -1,0 +1,215 @@
+"""The metaspo CLI as real subprocesses: train / test / show on real tasks with the fake provider,
+and bad input (one clear message, exit code 2, no traceback, nothing half-written)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import DATA_DIR, REPO
+
+FAKE = ["--task-model", "metaspo-fake/task", "--optimizer-model", "metaspo-fake/opt"]
+SMALL = ["--iterations", "1", "--system-candidates", "2", "--user-candidates", "2", "--user-top-k", "2"]
+
+
+def metaspo(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None, timeout: int = 300):
+    """Run ``python -m metaspo_dspy.cli ...`` with a clean environment (no API keys)."""
+    base = {k: v for k, v in os.environ.items() if not k.endswith("_API_KEY")}
+    base.update({"METASPO_DATA_DIR": str(DATA_DIR), "DSPY_CACHEDIR": str((cwd or REPO) / ".dspy_cache_test")})
+    base.update(env or {})
+    return subprocess.run(
+        [sys.executable, "-m", "metaspo_dspy.cli", *args],
+        capture_output=True,
+        text=True,
+        env=base,
+        cwd=cwd or REPO,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+    )
+
+
+@pytest.fixture
+def gold_file(data_dir, tmp_path):
+    """Gold answers for the review tasks, so the fake model answers correctly at its skill level."""
+    gold = {}
+    for task in ("beauty", "game", "baby", "office", "electronics", "pet", "sports"):
+        rows = json.loads((data_dir / "amazon" / f"{task}.json").read_text())
+        for row in rows["train"] + rows["test"]:
+            gold[row["question"]] = str(row["answer"])
+    path = tmp_path / "gold.json"
+    path.write_text(json.dumps(gold))
+    return path
+
+
+def test_train_test_show_on_real_tasks_with_the_fake_provider(gold_file, tmp_path):
+    run_dir = tmp_path / "run"
+    log = tmp_path / "fake.jsonl"
+    env = {"METASPO_FAKE_GOLD": str(gold_file), "METASPO_FAKE_LOG": str(log)}
+    train = metaspo(
+        "train",
+        "-c",
+        "review",
+        *FAKE,
+        *SMALL,
+        "--train-size",
+        "10",
+        "--test-size",
+        "10",
+        "--log-dir",
+        str(run_dir),
+        "--quiet",
+        env=env,
+        cwd=tmp_path,
+    )
+    assert train.returncode == 0, train.stderr
+    artifact = json.loads((run_dir / "metaspo_run.json").read_text())
+    assert train.stdout.strip() == artifact["optimized_system_prompt"]
+    assert "estimated calls: 360 task-model (train 280, test 80), 20 optimizer" in train.stderr
+    requests = [json.loads(line) for line in log.read_text().splitlines()]
+    assert sum(r["kind"] == "task" for r in requests) == artifact["calls"]["task_lm"] == 360
+    assert sum(r["kind"] == "optimizer" for r in requests) == artifact["calls"]["optimizer_lm"] == 20
+    assert set(artifact["tasks"]) == {"beauty", "game", "baby", "office"}
+    assert all(entry["test_score"] is not None for entry in artifact["tasks"].values())
+    for name in (
+        "config.json",
+        "run.json",
+        "evaluations.jsonl",
+        "proposals.jsonl",
+        "bilevel_nodes.json",
+        "program.json",
+        "checkpoint.json",
+    ):
+        assert (run_dir / name).exists(), name
+
+    log.unlink()
+    test = metaspo(
+        "test",
+        "-c",
+        "review",
+        *FAKE,
+        "--system-prompt",
+        "default",
+        str(run_dir),
+        "--num-user-prompts",
+        "2",
+        "--test-size",
+        "10",
+        "--log-dir",
+        str(tmp_path / "unseen"),
+        "--quiet",
+        env=env,
+        cwd=tmp_path,
+    )
+    assert test.returncode == 0, test.stderr
+    results = json.loads((tmp_path / "unseen" / "unseen_results.json").read_text())
+    labels = list(results["results"])
+    assert labels == ["default", "run"]
+    pet = results["results"]["default"]["tasks"]["pet"]
+    assert len(pet["scores"]) == 2 and "{question}" not in pet["user_prompts"][0]  # the authors' prompts
+    requests = [json.loads(line) for line in log.read_text().splitlines()]
+    assert {r["kind"] for r in requests} == {"task"}, "stored user prompts: no optimizer call"
+    distinct = len(set(results["system_prompts"].values()))
+    # 3 tasks x 2 prompts x 10 examples per distinct system prompt (an identical one is served from the cache)
+    assert len(requests) == distinct * 3 * 2 * 10
+    assert "average" in test.stdout and "electronics" in test.stdout
+
+    show = metaspo("show", str(run_dir), "--proposals", cwd=tmp_path)
+    assert show.returncode == 0 and show.stdout.strip() == artifact["optimized_system_prompt"]
+    assert "meta-score" in show.stderr
+
+
+def test_test_time_adaptation_from_the_cli(gold_file, tmp_path):
+    env = {"METASPO_FAKE_GOLD": str(gold_file)}
+    result = metaspo(
+        "test",
+        "-c",
+        "review",
+        *FAKE,
+        "--analysis",
+        "tta",
+        "--tasks",
+        "pet",
+        "--tta-iterations",
+        "1",
+        "--train-size",
+        "6",
+        "--test-size",
+        "6",
+        "--log-dir",
+        str(tmp_path),
+        "--quiet",
+        env=env,
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr
+    data = json.loads((tmp_path / "tta_results.json").read_text())
+    rounds = data["results"]["default"]["pet"]["rounds"]
+    assert [r["round"] for r in rounds] == [0, 1]
+    assert "round 0" in result.stdout
+
+
+BAD_INPUTS = [
+    (["train", "--set", "search.num_iteratons=2", *FAKE], "search.num_iteratons"),
+    (["train", "-c", "review", "--set", "tasks.source=[beauty,nonexistent]", *FAKE], "nonexistent"),
+    (["train", "-c", "review"], "no task model"),
+    (["train", "-c", "review", "--task-model", "nonsense-model", "--optimizer-model", "metaspo-fake/o"], "nonsense"),
+    (
+        ["train", "-c", "review", "--task-model", "openai/gpt-4o-mini", "--optimizer-model", "metaspo-fake/o"],
+        "OPENAI_API_KEY",
+    ),
+    (["train", "-c", "review", *FAKE, "--initial-system-prompt", "no/such/file.txt"], "no/such/file.txt"),
+    (["train", "-c", "no_such_config", *FAKE], "no_such_config"),
+    (["train", "--resume", "does-not-exist"], "nothing to resume"),
+    (["train", "-c", "review", *FAKE, "--train-size", "0"], "train_size"),
+    (["test", "-c", "review", *FAKE, "--system-prompt", "no-such-preset"], "no-such-preset"),
+    (["show", "no-such-run"], "holds no MetaSPO run"),
+]
+
+
+@pytest.mark.parametrize(("args", "needle"), BAD_INPUTS, ids=[" ".join(a[:4]) for a, _ in BAD_INPUTS])
+def test_bad_input_is_one_clear_error(args, needle, tmp_path):
+    result = (
+        metaspo(*args, "--log-dir", str(tmp_path / "run"), cwd=tmp_path)
+        if args[0] == "train" and "--resume" not in args
+        else metaspo(*args, cwd=tmp_path)
+    )
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    assert "Traceback" not in result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and needle in errors[0], result.stderr
+    assert not (tmp_path / "run" / "run.json").exists()
+
+
+def test_an_existing_run_dir_is_not_overwritten(gold_file, tmp_path):
+    run_dir = tmp_path / "run"
+    env = {"METASPO_FAKE_GOLD": str(gold_file)}
+    args = [
+        "train",
+        "-c",
+        "review",
+        *FAKE,
+        "--iterations",
+        "1",
+        "--system-candidates",
+        "1",
+        "--user-candidates",
+        "1",
+        "--train-size",
+        "4",
+        "--test-size",
+        "2",
+        "--log-dir",
+        str(run_dir),
+        "--quiet",
+    ]
+    assert metaspo(*args, env=env, cwd=tmp_path).returncode == 0
+    before = {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file()}
+    again = metaspo(*[a if a != "1" else "2" for a in args], env=env, cwd=tmp_path)
+    assert again.returncode == 2 and "already holds a run" in again.stderr
+    assert {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file()} == before
+    resume_with_flags = metaspo("train", "--resume", str(run_dir), "--iterations", "3", cwd=tmp_path)
+    assert resume_with_flags.returncode == 2 and "--iterations" in resume_with_flags.stderr
