@@ -30,6 +30,8 @@ import dspy
 from dspy.adapters.base import Adapter
 from dspy.utils.exceptions import AdapterParseError
 
+from metaspo_dspy import faults
+
 InstructionsIn = Literal["user", "system"]
 _PLACEMENTS = ("user", "system")
 
@@ -133,7 +135,11 @@ class _SystemPromptMixin:
         recorder = _recorder()
         if recorder is not None:
             recorder.finish(completion)
-        return super().parse(signature, completion)
+        try:
+            return super().parse(signature, completion)
+        except AdapterParseError as exc:
+            faults.report("parse_error", None, f"{type(self).__name__}: {str(exc)[:200]}")
+            raise
 
     def _make_json_adapter_fallback(self):
         return with_system_prompt(super()._make_json_adapter_fallback(), self.system_prompt_text, self.instructions_in)
@@ -176,6 +182,12 @@ def with_system_prompt(adapter: Adapter | None, text: str, instructions_in: Inst
     wrapped.system_prompt_text = text or ""
     wrapped.instructions_in = instructions_in
     return wrapped
+
+
+def observed(adapter: Adapter | None) -> Adapter:
+    """``adapter`` (default ChatAdapter) unchanged in what it sends, but reporting parse failures to
+    the run's fault log and its calls to the run's recorder (used for optimizer calls)."""
+    return with_system_prompt(adapter, "", "system")
 
 
 def system_prompt_of(adapter: Any) -> str | None:

@@ -74,6 +74,8 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from metaspo_dspy.optimize.common import TooManyFailures
+
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
@@ -92,6 +94,11 @@ def main(argv: list[str] | None = None) -> int:
     except _user_errors() as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except TooManyFailures as exc:
+        where = getattr(args, "log_dir", None) or getattr(args, "resume", None)
+        hint = f" Resume with: metaspo train --resume {where}" if args.command == "train" and where else ""
+        print(f"stopped: {exc}{hint}", file=sys.stderr)
+        return 1
     except OSError as exc:
         if exc.filename is None:
             raise

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from metaspo_dspy.evaluation import GridEvaluator
+from metaspo_dspy.faults import FaultLog
 from metaspo_dspy.optimize.artifact import ARTIFACT_FORMAT, reference_bilevel_nodes, run_settings
 from metaspo_dspy.optimize.common import SearchBase, TaskRun
 from metaspo_dspy.optimize.proposer import Proposer, io_pairs
@@ -55,16 +56,23 @@ class BilevelRun(SearchBase):
         self.steps: list[dict[str, Any]] = []
         self.decisions: list[dict[str, Any]] = []
         self.state: BilevelState | None = None
+        self.faults = FaultLog(self.run_dir.path / "faults.jsonl" if self.run_dir is not None else None)
+        self.max_failure_share = owner.max_failure_share
 
     # -- the loop ----------------------------------------------------------------------------
     def execute(self) -> MetaSPOProgram:
-        state = self.initialize()
-        for iteration in range(self.iterations):
-            if self.o.method != "outer_loop":
-                state = self.inner_loop(state, iteration)
-            state = self.outer_loop(state, iteration)
-        self.test(state)
-        return self.result(state)
+        try:
+            with self.faults:
+                state = self.initialize()
+                for iteration in range(self.iterations):
+                    if self.o.method != "outer_loop":
+                        state = self.inner_loop(state, iteration)
+                    state = self.outer_loop(state, iteration)
+                self.test(state)
+                return self.result(state)
+        finally:
+            if self.run_dir is not None:
+                self.run_dir.close()
 
     def initialize(self) -> BilevelState:
         self.begin("initial", None)
@@ -240,6 +248,7 @@ class BilevelRun(SearchBase):
             "proposals": [p.to_dict() for p in self.proposals],
             "nodes": [n.to_dict() for n in self.store.nodes.values()],
             "phases": [p.to_dict() for p in self.phases],
+            "faults": dict(self.faults.counts),
             "calls": {
                 "task_lm": sum(p.task_lm_calls for p in self.phases),
                 "optimizer_lm": sum(p.optimizer_calls for p in self.phases),
@@ -265,5 +274,4 @@ class BilevelRun(SearchBase):
             self.run_dir.write("bilevel_nodes.json", reference_bilevel_nodes(data))
             best.save(self.run_dir.path / "program.json")
             self.run_dir.checkpoint(data)
-            self.run_dir.close()
         return best

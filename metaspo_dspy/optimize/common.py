@@ -21,6 +21,13 @@ class ConfigError(ValueError):
     """Bad arguments to an optimizer; the message names the problem and the fix."""
 
 
+class TooManyFailures(RuntimeError):
+    """More task-model calls failed in one evaluation grid than ``max_failure_share`` allows.
+
+    Raised after the grid, so its completed evaluations are journaled and the run can resume once
+    the model is reachable again."""
+
+
 def check_examples(task: str, examples: Any, split: str) -> list[dspy.Example]:
     """A task's examples as a list, each a ``dspy.Example`` with inputs set."""
     if examples is None or isinstance(examples, (str, bytes)) or not hasattr(examples, "__iter__"):
@@ -100,6 +107,7 @@ class PhaseLog:
     optimizer_calls: int = 0
     evaluations: int = 0
     reused_evaluations: int = 0
+    failures: int = 0
     proposals: int = 0
     discarded: int = 0
     seconds: float = 0.0
@@ -136,6 +144,7 @@ class SearchBase:
         self._phase_start = 0.0
         self._optimizer_calls_at_start = 0
         self.phase_callback: Callable[[PhaseLog], None] | None = None
+        self.max_failure_share = 0.5
 
     # -- phases ------------------------------------------------------------------------------
     def begin(self, phase: str, iteration: int | None) -> PhaseLog:
@@ -188,7 +197,20 @@ class SearchBase:
                 self._phase.task_lm_calls += result.lm_calls
                 self._phase.evaluations += len(result.results)
                 self._phase.reused_evaluations += sum(1 for r in result.results if r.cached)
+                self._phase.failures += result.failures
+        self._check_failures(results, desc or split)
         return results
+
+    def _check_failures(self, results: Sequence[NodeEval], where: str) -> None:
+        total = sum(len(r.results) for r in results)
+        failed = [x for r in results for x in r.results if x.error is not None]
+        if total and len(failed) / total > self.max_failure_share:
+            samples = list(dict.fromkeys(x.error for x in failed))[:3]
+            raise TooManyFailures(
+                f"{len(failed)} of {total} task-model calls failed in {where} (more than "
+                f"{self.max_failure_share:.0%}); first errors: {samples}. Check the model server, key and "
+                "settings; finished evaluations are kept, so the run can be resumed."
+            )
 
     # -- proposals ---------------------------------------------------------------------------
     def new_proposal(

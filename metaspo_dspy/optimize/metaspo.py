@@ -67,6 +67,8 @@ class MetaSPO(Teleprompter):
             completed evaluation and proposal, a checkpoint after every phase, and at the end the
             artifact (``metaspo_run.json``), the reference-format ``bilevel_nodes.json`` and the
             program (``program.json``).
+        max_failure_share: stop (resumably) with :class:`TooManyFailures` when more than this share
+            of an evaluation grid's task-model calls fail after the LM layer's retries (0.5).
         resume: continue the run recorded in ``log_dir`` (same settings required): completed
             evaluations and proposals are read back from its journals, not asked again.
         progress: show progress bars.
@@ -97,6 +99,7 @@ class MetaSPO(Teleprompter):
         progress: bool = True,
         phase_callback: Callable[[PhaseLog], None] | None = None,
         resume: bool = False,
+        max_failure_share: float = 0.5,
     ):
         super().__init__()
         if method not in METHODS:
@@ -129,6 +132,9 @@ class MetaSPO(Teleprompter):
         self.progress = progress
         self.phase_callback = phase_callback
         self.resume = resume
+        if not 0 <= max_failure_share <= 1:
+            raise ConfigError(f"max_failure_share must be between 0 and 1, got {max_failure_share!r}")
+        self.max_failure_share = max_failure_share
         if resume and log_dir is None:
             raise ConfigError("resume=True needs log_dir=<the run directory to continue>")
 

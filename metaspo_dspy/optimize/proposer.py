@@ -24,7 +24,7 @@ from typing import Any
 import dspy
 from dspy.utils.exceptions import AdapterParseError
 
-from metaspo_dspy.adapters import message_text
+from metaspo_dspy.adapters import message_text, observed
 from metaspo_dspy.evaluation import ExampleResult
 from metaspo_dspy.journal import Journal
 from metaspo_dspy.optimize import signatures as sigs
@@ -200,9 +200,11 @@ class Proposer:
         config = self._config(proposal.kind, proposal.iteration, proposal.task, proposal.candidate, step)
         proposal.optimizer_calls += 1
         self.calls += 1
-        overrides: dict[str, Any] = {"lm": self.lm, "trace": []}
-        if self.adapter is not None:
-            overrides["adapter"] = self.adapter
+        overrides: dict[str, Any] = {
+            "lm": self.lm,
+            "trace": [],
+            "adapter": observed(self.adapter or dspy.settings.adapter),
+        }
         with dspy.context(**overrides):
             result = dspy.Predict(signature)(**inputs, config=config)
         return getattr(result, next(iter(signature.output_fields)))

@@ -1,0 +1,82 @@
+"""LM faults: a run against a mock server injecting 10% HTTP 500, 5% timeouts and 5% garbage
+completes, and every fault in the server's own log is recorded in the run."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+
+import dspy
+import pytest
+from conftest import exact_metric, load_examples, mock_server
+
+from metaspo_dspy import MetaSPO
+from metaspo_dspy.optimize.common import TooManyFailures
+
+SIG = dspy.Signature("question -> answer", "Predict the customer's rating from 1 to 5.")
+
+
+def _lm(url: str, temperature: float) -> dspy.LM:
+    return dspy.LM(
+        "openai/mock",
+        api_base=url,
+        api_key="sk-mock",
+        engine="litellm",
+        cache=False,
+        temperature=temperature,
+        num_retries=3,
+        timeout=1.0,
+    )
+
+
+def test_faults_are_retried_survived_and_all_recorded(data_dir, tmp_path):
+    train = {t: load_examples(data_dir, "amazon", t, 8) for t in ("beauty", "game")}
+    server_log = tmp_path / "server.jsonl"
+    faults = [
+        "--error-rate",
+        "0.10",
+        "--timeout-rate",
+        "0.05",
+        "--garbage-rate",
+        "0.05",
+        "--hang",
+        "3",
+        "--latency",
+        "0.01",
+        "--seed",
+        "3",
+    ]
+    with mock_server(*faults, log=server_log) as url:
+        best = MetaSPO(
+            exact_metric,
+            _lm(url, 1.0),
+            _lm(url, 0.0),
+            num_iterations=1,
+            num_system_candidates=2,
+            num_user_candidates=2,
+            user_top_k=2,
+            num_threads=8,
+            log_dir=tmp_path / "run",
+            progress=False,
+        ).compile(dspy.Predict(SIG), trainsets=train)
+    served = Counter(json.loads(line)["fault"] for line in server_log.read_text().splitlines())
+    assert served["http_500"] > 0 and served["timeout"] > 0 and served["garbage"] > 0, served
+    recorded = Counter(
+        json.loads(line)["kind"] for line in (tmp_path / "run" / "faults.jsonl").read_text().splitlines()
+    )
+    assert recorded["http_500"] == served["http_500"]
+    assert recorded["timeout"] == served["timeout"]
+    assert recorded["parse_error"] == served["garbage"]
+    assert best.detailed_results["faults"] == dict(recorded)
+    assert best.detailed_results["complete"] is True
+
+
+def test_a_dead_server_stops_the_run_with_a_clear_resumable_error(data_dir, tmp_path):
+    train = {"beauty": load_examples(data_dir, "amazon", "beauty", 4)}
+    with mock_server("--error-rate", "1.0", "--latency", "0") as url:
+        lm = dspy.LM("openai/mock", api_base=url, api_key="sk-mock", engine="litellm", cache=False, num_retries=0)
+        with pytest.raises(TooManyFailures, match=r"4 of 4 task-model calls failed in initial evaluation"):
+            MetaSPO(exact_metric, lm, lm, num_iterations=1, log_dir=tmp_path / "run", progress=False).compile(
+                dspy.Predict(SIG), trainsets=train
+            )
+    assert (tmp_path / "run" / "evaluations.jsonl").exists()
