@@ -19,7 +19,8 @@ so tests count what reaches the provider independently of our own bookkeeping.
 
 Use ``fake_lm("name", engine)`` to get a ``dspy.LM``; the model string ``metaspo-fake/<name>``
 with no registered engine uses a default engine configured from the environment
-(``METASPO_FAKE_LOG``, ``METASPO_FAKE_GOLD`` -- a JSON file ``{question: answer}``).
+(``METASPO_FAKE_LOG``, ``METASPO_FAKE_GOLD`` -- a JSON file ``{question: answer}`` --,
+``METASPO_FAKE_LATENCY`` and ``METASPO_FAKE_OPTIMIZER_LATENCY`` in seconds).
 """
 
 from __future__ import annotations
@@ -134,7 +135,8 @@ class FakeEngine:
         override: optional ``override(request) -> str | None``; a string replaces the normal
             response (e.g. malformed output), None keeps it.
         log_path: JSON-lines request log.
-        latency: seconds to sleep per request.
+        latency: seconds to sleep per task request (and per optimizer request unless
+            ``optimizer_latency`` is given).
         keep_requests: keep every parsed request in :attr:`requests` (tests inspect them; long
             benchmarks turn it off).
     """
@@ -147,12 +149,14 @@ class FakeEngine:
         log_path: str | None = None,
         latency: float = 0.0,
         keep_requests: bool = True,
+        optimizer_latency: float | None = None,
     ):
         self.gold = gold
         self.skill = skill
         self.override = override
         self.log_path = log_path
         self.latency = latency
+        self.optimizer_latency = latency if optimizer_latency is None else optimizer_latency
         self.keep_requests = keep_requests
         self.counts: Counter[str] = Counter()
         self.requests: list[Request] = []
@@ -165,7 +169,13 @@ class FakeEngine:
         if path:
             with open(path, encoding="utf-8") as handle:
                 gold = json.load(handle)
-        return cls(gold=gold, log_path=os.environ.get("METASPO_FAKE_LOG"))
+        optimizer_latency = os.environ.get("METASPO_FAKE_OPTIMIZER_LATENCY")
+        return cls(
+            gold=gold,
+            log_path=os.environ.get("METASPO_FAKE_LOG"),
+            latency=float(os.environ.get("METASPO_FAKE_LATENCY", "0")),
+            optimizer_latency=float(optimizer_latency) if optimizer_latency else None,
+        )
 
     # -- bookkeeping -------------------------------------------------------------------------
     def _record(self, request: Request) -> None:
@@ -180,7 +190,9 @@ class FakeEngine:
                     "format": request.format,
                     "outputs": request.outputs,
                     "system_prompt": request.system_prompt,
-                    "digest": short_hash(request.messages, request.params.get("seed")),
+                    "digest": hashlib.sha256(
+                        json.dumps([request.messages, request.params.get("seed")], default=str).encode()
+                    ).hexdigest()[:16],
                 }
                 with open(self.log_path, "a", encoding="utf-8") as handle:
                     handle.write(json.dumps(entry) + "\n")
@@ -196,18 +208,20 @@ class FakeEngine:
         return self.answer(Request(messages, params))
 
     def answer(self, request: Request) -> str:
-        """The response text for a parsed request (recorded, counted)."""
-        self._record(request)
-        if self.latency:
-            time.sleep(self.latency)
+        """The response text for a parsed request; counted and logged once the response is ready
+        (after the configured latency), so the log lists completed requests."""
         replaced = self.override(request) if self.override else None
         if replaced is not None:
-            return replaced
-        if request.kind == "optimizer":
-            values = self._optimizer_values(request)
+            text = replaced
+        elif request.kind == "optimizer":
+            text = _render(request, self._optimizer_values(request))
         else:
-            values = self._task_values(request)
-        return _render(request, values)
+            text = _render(request, self._task_values(request))
+        delay = self.optimizer_latency if request.kind == "optimizer" else self.latency
+        if delay:
+            time.sleep(delay)
+        self._record(request)
+        return text
 
     def _gold(self, question: str) -> Any:
         if self.gold is None:
