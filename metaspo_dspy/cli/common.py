@@ -60,6 +60,9 @@ def add_config_arguments(parser: argparse.ArgumentParser, *, search: bool) -> No
     run.add_argument("--threads", type=int, help="concurrent task-model calls (default 16)")
     run.add_argument("--seed", type=int, help="run seed (default 42)")
     run.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
+    run.add_argument(
+        "--verbose", "-v", action="store_true", default=argparse.SUPPRESS, help="log details (DSPy, LiteLLM) to stderr"
+    )
     if search:
         s = parser.add_argument_group("search (paper defaults: 3 iterations, 9 system, 3 user candidates, top 3)")
         s.add_argument("--method", choices=["metaspo", "outer_loop", "metaspo_ape"])
@@ -94,16 +97,22 @@ def resolve_system_prompt(spec: str) -> tuple[str, SystemPrompt]:
     if spec in PRESETS:
         return spec, SystemPrompt(PRESETS[spec])
     path = Path(spec)
-    if path.is_dir():
-        for name in ("program.json", "metaspo_run.json", "checkpoint.json"):
-            if (path / name).exists():
-                return f"{path.name or spec}", SystemPrompt.load(path / name)
-        raise ConfigError(f"{path} holds no MetaSPO run (no program.json / metaspo_run.json / checkpoint.json)")
-    if not path.exists():
-        raise ConfigError(
-            f"system prompt {spec!r} is neither a preset ({', '.join(sorted(PRESETS))}) nor an existing file or run dir"
-        )
-    return path.stem, SystemPrompt.load(path)
+    try:
+        if path.is_dir():
+            for name in ("program.json", "metaspo_run.json", "checkpoint.json"):
+                if (path / name).exists():
+                    return f"{path.name or spec}", SystemPrompt.load(path / name)
+            raise ConfigError(f"{path} holds no MetaSPO run (no program.json / metaspo_run.json / checkpoint.json)")
+        if not path.exists():
+            raise ConfigError(
+                f"system prompt {spec!r} is neither a preset ({', '.join(sorted(PRESETS))}) nor an existing file "
+                "or run dir"
+            )
+        return path.stem, SystemPrompt.load(path)
+    except ConfigError:
+        raise
+    except ValueError as exc:  # SystemPrompt.load: empty, unreadable or unrecognised file
+        raise ConfigError(str(exc)) from None
 
 
 def say(*parts: Any) -> None:
