@@ -241,6 +241,8 @@ def test_malformed_and_empty_proposals_are_discarded_and_recorded(data_dir, engi
                 return "[[ ## improved_user_prompt ## ]]\n   \n\n[[ ## completed ## ]]"  # empty
         if request.kind == "optimizer" and "improved_system_prompt" in request.outputs:
             return "I would rather not."  # unparsable in Chat and JSON
+        if request.kind == "optimizer" and "improved_user_prompt" in request.outputs and calls["n"] == 2:
+            return "[[ ## improved_user_prompt ## ]]\n" + "Be precise. " * 1000 + "\n\n[[ ## completed ## ]]"
         return None
 
     _engine, task_lm, opt_lm = engine_factory("malformed", gold=gold, override=override)
@@ -257,12 +259,13 @@ def test_malformed_and_empty_proposals_are_discarded_and_recorded(data_dir, engi
     artifact = tp.compile(dspy.Predict(SIG), trainsets=train).detailed_results
     reasons = [p["reason"] for p in artifact["proposals"] if p["status"] == "discarded"]
     assert "empty proposal" in reasons
+    assert "proposal too long (11999 > 8000 characters)" in reasons
     assert sum(r.startswith("unparsable optimizer output") for r in reasons) == 2
     assert artifact["optimized_system_prompt"] == "You are a helpful assistant."
     outer = next(p for p in artifact["phases"] if p["phase"] == "outer")
     assert outer["task_lm_calls"] == 0 and outer["discarded"] == 2
     inner_nodes = [n for n in artifact["nodes"] if n["origin"] == "inner"]
-    assert len(inner_nodes) == 3, "4 proposals, one empty: 3 nodes evaluated"
+    assert len(inner_nodes) == 2, "4 proposals, one empty, one too long: 2 nodes evaluated"
     assert all(n["user_prompt"]["self"].strip() for n in inner_nodes)
 
 
@@ -309,3 +312,24 @@ def test_bad_arguments_are_clear_errors(engine_factory, kwargs, compile_kwargs, 
     with pytest.raises(ConfigError, match=message):
         args = {"metric": exact_metric, "optimizer_lm": opt_lm, "task_lm": task_lm, "progress": False, **kwargs}
         MetaSPO(**args).compile(dspy.Predict(SIG), **{"trainsets": ok_train, **compile_kwargs})
+
+
+def test_prompts_with_braces_and_template_syntax_are_plain_text(data_dir, engine_factory):
+    train, gold = _small(data_dir, n=6)
+    odd = "Answer {question} carefully; {{literal}} ${answer} %s {0} <Question>{question}</Question>"
+    engine, task_lm, opt_lm = engine_factory("braces", gold=gold)
+    program = dspy.Predict(SIG.with_instructions("Rate it {1-5} using {question} and {{x}}."))
+    best = _compile(
+        train,
+        task_lm,
+        opt_lm,
+        program=program,
+        initial_system_prompt=odd,
+        num_iterations=1,
+        num_system_candidates=1,
+        num_user_candidates=1,
+    )
+    first = engine.requests[0]
+    assert first.messages[0]["content"].startswith(odd + "\n\n")
+    assert first.messages[-1]["content"].startswith("Rate it {1-5} using {question} and {{x}}.")
+    assert best.detailed_results["initial_system_prompt"] == odd
