@@ -26,15 +26,23 @@ Schema (defaults are the paper's; all keys optional unless stated)::
       num_system_candidates: 9
       num_user_candidates: 3
       user_top_k: 3
+      screening: null           # frugal screening: minibatch fraction (e.g. 0.2); null = faithful
+      screening_keep: 0.5       # share of candidates promoted to the full evaluation
     meta_test:
       num_unseen_user_prompts: 10
       tta_iterations: 6
+    budget:
+      max_lm_calls: null        # stop cleanly before a phase that could exceed this many calls
+      max_cost: null            # ... or this many dollars (LiteLLM prices; unpriced models: no limit)
+      max_failure_share: 0.5    # stop (resumably) when more task calls fail in one grid
     task_lm:                    # the model whose prompts are optimised
       model: null               # a dspy.LM model string, e.g. openai/meta-llama/Llama-3.2-3B-Instruct
       temperature: 0.0
       max_tokens: null
       api_base: null            # e.g. http://localhost:8000/v1
       api_key_env: null         # NAME of the environment variable holding the key
+      engine: litellm           # litellm | native (DSPy's own client, OpenAI-compatible servers)
+      num_retries: 3            # retries with backoff on transient errors (LiteLLM)
     optimizer_lm:               # the model that proposes prompts
       model: openai/gpt-4o-mini
       temperature: 1.0
@@ -85,6 +93,8 @@ class LMConfig:
     max_tokens: int | None = None
     api_base: str | None = None
     api_key_env: str | None = None
+    engine: str = "litellm"
+    num_retries: int = 3
 
     def lm_kwargs(self) -> dict[str, Any]:
         """Keyword arguments for ``dspy.LM``: ``model`` plus the set options; ``api_key`` read from
@@ -125,6 +135,15 @@ class SearchConfig:
     num_system_candidates: int = 9
     num_user_candidates: int = 3
     user_top_k: int = 3
+    screening: float | None = None
+    screening_keep: float = 0.5
+
+
+@dataclass(frozen=True)
+class BudgetConfig:
+    max_lm_calls: int | None = None
+    max_cost: float | None = None
+    max_failure_share: float = 0.5
 
 
 @dataclass(frozen=True)
@@ -145,6 +164,7 @@ class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     search: SearchConfig = field(default_factory=SearchConfig)
     meta_test: MetaTestConfig = field(default_factory=MetaTestConfig)
+    budget: BudgetConfig = field(default_factory=BudgetConfig)
     task_lm: LMConfig = field(default_factory=LMConfig)
     optimizer_lm: LMConfig = field(
         default_factory=lambda: LMConfig(model="openai/gpt-4o-mini", temperature=1.0, api_key_env="OPENAI_API_KEY")
@@ -164,7 +184,14 @@ def _plain(value: Any) -> Any:
     return value
 
 
-_CHOICES = {"method": METHODS, "data.source": DATA_SOURCES, "data.prompt_format": PROMPT_FORMATS}
+ENGINES = ("litellm", "native")
+_CHOICES = {
+    "method": METHODS,
+    "data.source": DATA_SOURCES,
+    "data.prompt_format": PROMPT_FORMATS,
+    "task_lm.engine": ENGINES,
+    "optimizer_lm.engine": ENGINES,
+}
 _MINIMUM = {
     "seed": 0,
     "num_threads": 1,
@@ -180,6 +207,13 @@ _MINIMUM = {
     "optimizer_lm.temperature": 0,
     "task_lm.max_tokens": 1,
     "optimizer_lm.max_tokens": 1,
+    "task_lm.num_retries": 0,
+    "optimizer_lm.num_retries": 0,
+    "search.screening": 0.01,
+    "search.screening_keep": 0.01,
+    "budget.max_lm_calls": 1,
+    "budget.max_cost": 0.0,
+    "budget.max_failure_share": 0.0,
 }
 
 

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import dspy
+from dspy.utils.usage_tracker import UsageTracker
 
 from metaspo_dspy.adapters import CallRecorder, LMCall, adapter_name, message_text, with_system_prompt
 from metaspo_dspy.journal import Journal
@@ -53,6 +54,7 @@ class ExampleResult:
     error: str | None = None
     calls: list[LMCall] = field(default_factory=list)
     cached: bool = False
+    usage: dict[str, dict[str, int]] = field(default_factory=dict)
 
     @property
     def wrong(self) -> bool:
@@ -73,6 +75,15 @@ class NodeEval:
     @property
     def lm_calls(self) -> int:
         return sum(len(r.calls) for r in self.results if not r.cached)
+
+    @property
+    def usage(self) -> dict[str, dict[str, int]]:
+        """Tokens of the calls paid for here (reused results excluded), per model."""
+        total: dict[str, dict[str, int]] = {}
+        for r in self.results:
+            if not r.cached:
+                merge_usage(total, r.usage)
+        return total
 
     @property
     def failures(self) -> int:
@@ -125,18 +136,24 @@ def program_state(program: dspy.Module) -> list[Any]:
     return state
 
 
-def item_key(task_lm: Any, adapter: Any, job: EvalJob, program_fingerprint: list[Any], example: dspy.Example) -> str:
-    """A digest of everything that shapes the requests of one (node, example) evaluation."""
+def job_digest(task_lm: Any, adapter: Any, job: EvalJob, program_fingerprint: list[Any] | None = None) -> str:
+    """A digest of everything in a job that shapes its requests: task LM, adapter, system prompt and
+    placement, every predictor's instructions, fields, demos, LM and config."""
     payload = {
         "task_lm": lm_identity(task_lm),
         "adapter": adapter_name(adapter),
         "system_prompt": job.system_prompt,
         "instructions_in": job.instructions_in,
-        "program": program_fingerprint,
-        "example": _jsonable(example),
+        "program": program_fingerprint if program_fingerprint is not None else program_state(job.program),
         "program_type": type(job.program).__qualname__,
     }
     text = json.dumps(payload, sort_keys=True, ensure_ascii=False, default=repr)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def item_key(digest: str, example: dspy.Example) -> str:
+    """The key of one (job, example) evaluation: equal keys, identical requests."""
+    text = digest + json.dumps(_jsonable(example), sort_keys=True, ensure_ascii=False, default=repr)
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
@@ -147,11 +164,13 @@ class _Raw:
     prediction: dspy.Prediction | None
     error: str | None
     calls: list[LMCall]
+    usage: dict[str, dict[str, int]] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return {
             "prediction": None if self.prediction is None else _jsonable(dict(self.prediction.items())),
             "error": self.error,
+            "usage": self.usage,
             "calls": [
                 {"predictor": c.predictor, "user": _last_user(c.messages), "completion": c.completion}
                 for c in self.calls
@@ -164,7 +183,7 @@ class _Raw:
         calls = [
             LMCall(c["predictor"], [{"role": "user", "content": c["user"]}], c["completion"]) for c in data["calls"]
         ]
-        return cls(prediction, data["error"], calls)
+        return cls(prediction, data["error"], calls, data.get("usage") or {})
 
 
 def _last_user(messages: list[dict[str, Any]]) -> str:
@@ -213,16 +232,19 @@ class GridEvaluator:
 
     def _run_one(self, job: EvalJob, names: dict[int, str], example: dspy.Example) -> _Raw:
         recorder = CallRecorder(predictor_names=names)
+        tracker = UsageTracker()
         adapter = with_system_prompt(self.adapter or dspy.settings.adapter, job.system_prompt, job.instructions_in)
-        overrides: dict[str, Any] = {"adapter": adapter, "trace": [], "metaspo_recorder": recorder}
+        overrides: dict[str, Any] = {
+            "adapter": adapter, "trace": [], "metaspo_recorder": recorder, "usage_tracker": tracker,
+        }  # fmt: skip
         if self.task_lm is not None:
             overrides["lm"] = self.task_lm
         try:
             with dspy.context(**overrides):
                 prediction = job.program(**example.inputs())
-            return _Raw(prediction, None, _compact(recorder.calls))
+            return _Raw(prediction, None, _compact(recorder.calls), token_counts(tracker))
         except Exception as exc:
-            return _Raw(None, f"{type(exc).__name__}: {exc}"[:2000], _compact(recorder.calls))
+            return _Raw(None, f"{type(exc).__name__}: {exc}"[:2000], _compact(recorder.calls), token_counts(tracker))
 
     def evaluate(self, jobs: Sequence[EvalJob], desc: str = "evaluate") -> list[NodeEval]:
         """Score every job; results in job order."""
@@ -230,9 +252,9 @@ class GridEvaluator:
         names_per_job = []
         for j, job in enumerate(jobs):
             names_per_job.append({id(p): n for n, p in job.program.named_predictors()})
-            fingerprint = program_state(job.program)
+            digest = job_digest(self.task_lm, self.adapter, job)
             for i, example in enumerate(job.examples):
-                items.append((j, i, item_key(self.task_lm, self.adapter, job, fingerprint, example)))
+                items.append((j, i, item_key(digest, example)))
 
         raws: dict[str, _Raw] = {}
         cached: set[str] = set()
@@ -314,6 +336,7 @@ class GridEvaluator:
                     error=raw.error,
                     calls=list(raw.calls),
                     cached=key in seen,
+                    usage=raw.usage,
                 )
             )
             seen.add(key)
@@ -322,6 +345,26 @@ class GridEvaluator:
         else:
             total = sum(r.score for r in results) / len(results) if results else 0.0
         return NodeEval(score=total, results=results)
+
+
+def token_counts(tracker: UsageTracker) -> dict[str, dict[str, int]]:
+    """``{model: {"prompt_tokens", "completion_tokens", "calls"}}`` of the calls a tracker saw."""
+    out: dict[str, dict[str, int]] = {}
+    for model, entries in tracker.usage_data.items():
+        out[model] = {
+            "prompt_tokens": sum(int(e.get("prompt_tokens") or 0) for e in entries),
+            "completion_tokens": sum(int(e.get("completion_tokens") or 0) for e in entries),
+            "calls": len(entries),
+        }
+    return out
+
+
+def merge_usage(total: dict[str, dict[str, int]], more: dict[str, dict[str, int]]) -> None:
+    """Add ``more`` into ``total`` (both as returned by :func:`token_counts`)."""
+    for model, counts in more.items():
+        into = total.setdefault(model, {"prompt_tokens": 0, "completion_tokens": 0, "calls": 0})
+        for key, value in counts.items():
+            into[key] = into.get(key, 0) + value
 
 
 def _progress(total: int, desc: str):

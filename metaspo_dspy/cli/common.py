@@ -30,6 +30,9 @@ FLAG_KEYS = {
     "optimizer_model": "optimizer_lm.model",
     "num_user_prompts": "meta_test.num_unseen_user_prompts",
     "tta_iterations": "meta_test.tta_iterations",
+    "max_lm_calls": "budget.max_lm_calls",
+    "max_cost": "budget.max_cost",
+    "screening": "search.screening",
 }
 
 
@@ -49,6 +52,11 @@ def add_config_arguments(parser: argparse.ArgumentParser, *, search: bool) -> No
     models = parser.add_argument_group("models (any LiteLLM model string, or 'embedded' for the offline model)")
     models.add_argument("--task-model", help="the model whose prompts are optimized/evaluated (task_lm.model)")
     models.add_argument("--optimizer-model", help="the model that writes prompts (optimizer_lm.model)")
+    models.add_argument(
+        "--engine",
+        choices=["litellm", "native"],
+        help="client for both models: litellm (default) or DSPy's native client (OpenAI-compatible servers)",
+    )
     data = parser.add_argument_group("data")
     data.add_argument(
         "--data-dir", help="folder with {domain}/{task}.json (default: $METASPO_DATA_DIR, ../shared/data)"
@@ -70,6 +78,15 @@ def add_config_arguments(parser: argparse.ArgumentParser, *, search: bool) -> No
         s.add_argument("--system-candidates", type=int)
         s.add_argument("--user-candidates", type=int)
         s.add_argument("--user-top-k", type=int)
+        s.add_argument(
+            "--screening",
+            type=float,
+            metavar="FRACTION",
+            help="frugal screening: score system-prompt candidates on this share of each train set first",
+        )
+        b = parser.add_argument_group("budget (checked before each phase; the run stops cleanly)")
+        b.add_argument("--max-lm-calls", type=int, help="task + optimizer calls")
+        b.add_argument("--max-cost", type=float, help="dollars, at LiteLLM's prices")
 
 
 def config_from_args(
@@ -84,6 +101,8 @@ def config_from_args(
         value = getattr(args, flag, None)
         if value is not None:
             overrides[key] = value
+    if getattr(args, "engine", None):
+        overrides["task_lm.engine"] = overrides["optimizer_lm.engine"] = args.engine
     layers = ["base", *args.config]
     return load_config(
         *layers,

@@ -51,6 +51,8 @@ def _build(config: LMConfig, role: str, default_max_tokens: int) -> tuple[Any, b
         max_tokens=config.max_tokens or (default_max_tokens if embedded else None),
         api_base=config.api_base,
         api_key_env=config.api_key_env if not embedded else None,
+        num_retries=config.num_retries,
+        engine=config.engine if not embedded else "litellm",
     )
     return build_lm(settings), embedded
 

@@ -48,7 +48,19 @@ def add_parser(subparsers) -> None:
     parser.set_defaults(handler=run)
 
 
-_RESUME_OK = {"resume", "threads", "quiet", "handler", "command", "config", "set"}
+# Settings that may change when resuming (they do not change results).
+_RESUME_OK = {
+    "resume",
+    "threads",
+    "quiet",
+    "verbose",
+    "handler",
+    "command",
+    "config",
+    "set",
+    "max_lm_calls",
+    "max_cost",
+}
 
 
 def _config(args: argparse.Namespace) -> tuple[RunConfig, Path, bool]:
@@ -70,8 +82,13 @@ def _config(args: argparse.Namespace) -> tuple[RunConfig, Path, bool]:
         raise ConfigError(f"nothing to resume in {args.resume}: no config.json (was it made by `metaspo train`?)")
     data = json.loads(saved.read_text(encoding="utf-8"))
     overrides = [f"{k}={json.dumps(v)}" for k, v in _flat(data).items() if k != "sources"]
-    if args.threads:
-        overrides.append(f"num_threads={args.threads}")
+    for flag, key in (
+        ("threads", "num_threads"),
+        ("max_lm_calls", "budget.max_lm_calls"),
+        ("max_cost", "budget.max_cost"),
+    ):
+        if getattr(args, flag, None) is not None:
+            overrides.append(f"{key}={getattr(args, flag)}")
     return load_config(overrides=overrides), args.resume, True
 
 
@@ -147,6 +164,11 @@ def run(args: argparse.Namespace) -> int:
         resume=resume,
         progress=not args.quiet,
         phase_callback=_phase_printer(config),
+        max_lm_calls=config.budget.max_lm_calls,
+        max_cost=config.budget.max_cost,
+        max_failure_share=config.budget.max_failure_share,
+        screening=config.search.screening,
+        screening_keep=config.search.screening_keep,
     )
     best = tp.compile(**compile_kwargs(tasks))
     _summary(best.detailed_results, run_dir, time.perf_counter() - started)
@@ -160,6 +182,8 @@ def _phase_printer(config: RunConfig):
     def show(log: PhaseLog) -> None:
         where = f"{log.phase}" if log.iteration is None else f"{log.phase} {log.iteration + 1}/{total}"
         reused = f", {log.reused_evaluations} reused" if log.reused_evaluations else ""
+        if log.screened_out:
+            reused += f", {log.screened_out} candidates screened out ({log.evaluations_saved} calls saved)"
         say(
             f"  [{where}] {log.task_lm_calls} task calls{reused}, {log.optimizer_calls} optimizer calls, "
             f"{log.discarded} of {log.proposals} proposals discarded, {log.seconds:.1f}s"
@@ -182,10 +206,18 @@ def _summary(artifact: dict[str, Any], run_dir: Path, seconds: float) -> None:
         f"meta-score {first['meta_score']:.3f} -> {artifact['meta_score']:.3f}; "
         f"{accepted} of {len(artifact['outer_decisions'])} system-prompt candidates accepted"
     )
-    calls = artifact["calls"]
+    calls, usage = artifact["calls"], artifact["usage"]
+    tokens = sum(
+        c["prompt_tokens"] + c["completion_tokens"]
+        for part in ("task_lm", "optimizer_lm")
+        for c in usage[part].values()
+    )
+    cost = f"${usage['cost']:.4f}" if usage["cost"] is not None else "cost unknown (unpriced model)"
     say(
         f"calls: {calls['task_lm']} task-model ({calls['task_lm_reused']} reused), "
-        f"{calls['optimizer_lm']} optimizer; {len(nodes)} prompts scored; time {seconds:.1f}s"
+        f"{calls['optimizer_lm']} optimizer; {tokens} tokens, {cost}; {len(nodes)} prompts scored; time {seconds:.1f}s"
     )
+    if artifact.get("stopped"):
+        say(f"budget: {artifact['stopped']}")
     say(f"artifact: {run_dir / 'metaspo_run.json'}   program: {run_dir / 'program.json'}")
     say("optimized system prompt (stdout):")

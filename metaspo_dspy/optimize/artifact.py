@@ -44,6 +44,8 @@ def run_settings(owner: Any, tasks: Mapping[str, TaskRun]) -> dict[str, Any]:
         "num_wrong_user": o.num_wrong_user,
         "num_wrong_system": o.num_wrong_system,
         "max_prompt_chars": o.max_prompt_chars,
+        "screening": o.screening,
+        "screening_keep": o.screening_keep if o.screening else None,
         "task_lm": lm_identity(o.task_lm or dspy.settings.lm),
         "optimizer_lm": lm_identity(o.optimizer_lm),
         "tasks": {

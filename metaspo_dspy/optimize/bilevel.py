@@ -7,17 +7,22 @@ so a resumed run replays to where it stopped without asking the LMs again.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from metaspo_dspy.evaluation import GridEvaluator
 from metaspo_dspy.faults import FaultLog
 from metaspo_dspy.optimize.artifact import ARTIFACT_FORMAT, reference_bilevel_nodes, run_settings
-from metaspo_dspy.optimize.common import SearchBase, TaskRun
+from metaspo_dspy.optimize.common import SearchBase, TaskRun, total_usage
 from metaspo_dspy.optimize.proposer import Proposer, io_pairs
 from metaspo_dspy.optimize.state import BilevelState, PromptNode
 from metaspo_dspy.program import MetaSPOProgram, SystemPrompt
 from metaspo_dspy.runs import RunDir
 from metaspo_dspy.seeding import rng_for
+
+
+class BudgetStop(Exception):
+    """The next phase would exceed the run's budget (caught: the run ends with what it has)."""
 
 
 class BilevelRun(SearchBase):
@@ -56,6 +61,7 @@ class BilevelRun(SearchBase):
         self.steps: list[dict[str, Any]] = []
         self.decisions: list[dict[str, Any]] = []
         self.state: BilevelState | None = None
+        self.stopped: str | None = None
         self.faults = FaultLog(self.run_dir.path / "faults.jsonl" if self.run_dir is not None else None)
         self.max_failure_share = owner.max_failure_share
 
@@ -64,15 +70,53 @@ class BilevelRun(SearchBase):
         try:
             with self.faults:
                 state = self.initialize()
-                for iteration in range(self.iterations):
-                    if self.o.method != "outer_loop":
-                        state = self.inner_loop(state, iteration)
-                    state = self.outer_loop(state, iteration)
-                self.test(state)
+                try:
+                    for iteration in range(self.iterations):
+                        if self.o.method != "outer_loop":
+                            self.within_budget("inner", self.planned(state, "inner"))
+                            state = self.inner_loop(state, iteration)
+                        self.within_budget("outer", self.planned(state, "outer"))
+                        state = self.outer_loop(state, iteration)
+                    self.within_budget("test", self.planned(state, "test"))
+                    self.test(state)
+                except BudgetStop as stop:
+                    self.stopped = str(stop)
                 return self.result(state)
         finally:
             if self.run_dir is not None:
                 self.run_dir.close()
+
+    # -- budget ------------------------------------------------------------------------------
+    def planned(self, state: BilevelState, phase: str) -> dict[str, int]:
+        """Upper bounds on the next phase's task and optimizer calls (every proposal usable)."""
+        o, ape = self.o, self.o.method == "metaspo_ape"
+        train = {name: len(task.trainset) for name, task in self.tasks.items()}
+        if phase == "inner":
+            return {
+                "task": o.num_user_candidates * sum(train.values()),
+                "optimizer": (1 if ape else 2) * o.num_user_candidates * len(self.tasks),
+            }
+        if phase == "outer":
+            beam_examples = sum(len(ids) * train[name] for name, ids in state.beams.items())
+            return {
+                "task": o.num_system_candidates * beam_examples,
+                "optimizer": (1 if ape else 2) * o.num_system_candidates,
+            }
+        tests = sum(len(ids) * len(self.tasks[name].testset or []) for name, ids in state.beams.items())
+        return {"task": tests, "optimizer": 0}
+
+    def within_budget(self, phase: str, planned: dict[str, int]) -> None:
+        """Raise :class:`BudgetStop` when the next phase may not fit in the budget."""
+        budget = self.o.budget
+        if not budget.limited:
+            return
+        used_calls = sum(p.task_lm_calls + p.optimizer_calls for p in self.phases)
+        usage = total_usage(self.phases)
+        calls = planned["task"] + planned["optimizer"]
+        per_call = usage["cost"] / used_calls if usage["cost"] is not None and used_calls else None
+        reason = budget.refusal(used_calls, usage["cost"], calls, per_call, phase)
+        if reason is not None:
+            raise BudgetStop(f"stopped before the {phase} phase: {reason}; the result is the best found so far")
 
     def initialize(self) -> BilevelState:
         self.begin("initial", None)
@@ -142,29 +186,74 @@ class BilevelRun(SearchBase):
                 beams[name] = [c.id for c in children]
                 proposal.node_ids.extend(beams[name])
             candidates.append((proposal, BilevelState(proposal.text, beams)))
-        every = [self.store[i] for _, cand in candidates for ids in cand.beams.values() for i in ids]
+        screening = self.screen(state, candidates, iteration) if self.o.screening else {}
+        promoted = [(p, c) for p, c in candidates if screening.get(p.id, {}).get("promoted", True)]
+        every = [self.store[i] for _, cand in promoted for ids in cand.beams.values() for i in ids]
         self.evaluate(every, "train", f"iteration {iteration + 1}: outer loop")
         current, current_score = state, state.meta_score(self.store)
         for proposal, candidate in candidates:
+            screened = screening.get(proposal.id, {})
+            if not screened.get("promoted", True):
+                self.decisions.append(self._decision(iteration, proposal, None, current_score, False, screened))
+                continue
             score = candidate.meta_score(self.store)
             accepted = score > current_score
-            self.decisions.append(
-                {
-                    "iteration": iteration,
-                    "candidate": proposal.candidate,
-                    "proposal": proposal.id,
-                    "system_prompt": proposal.text,
-                    "meta_score": score,
-                    "incumbent_meta_score": current_score,
-                    "accepted": accepted,
-                }
-            )
+            self.decisions.append(self._decision(iteration, proposal, score, current_score, accepted, screened))
             if accepted:
                 candidate.beams = {t: self.store.sorted_beam(ids) for t, ids in candidate.beams.items()}
                 current, current_score = candidate, score
         self.end()
         self.snapshot("outer", iteration, current)
         return current
+
+    @staticmethod
+    def _decision(iteration, proposal, score, incumbent, accepted, screened) -> dict[str, Any]:
+        decision = {
+            "iteration": iteration,
+            "candidate": proposal.candidate,
+            "proposal": proposal.id,
+            "system_prompt": proposal.text,
+            "meta_score": score,
+            "incumbent_meta_score": incumbent,
+            "accepted": accepted,
+        }
+        if screened:
+            decision["screening"] = screened
+        return decision
+
+    def screen(self, state: BilevelState, candidates, iteration: int) -> dict[int, dict[str, Any]]:
+        """Frugal screening: score every candidate (and the incumbent) on the same minibatch of each
+        task's train set; promote the best ``screening_keep`` share that is at least as good as the
+        incumbent there. Minibatch results are reused by the full evaluation."""
+        o = self.o
+        rng = rng_for(self.seed, iteration, "screening")
+        subsets = {}
+        for name, task in self.tasks.items():
+            n = len(task.trainset)
+            subsets[name] = sorted(rng.sample(range(n), max(1, min(n, math.ceil(o.screening * n)))))
+        incumbent_nodes = [self.store[i] for ids in state.beams.values() for i in ids]
+        nodes = incumbent_nodes + [self.store[i] for _, c in candidates for ids in c.beams.values() for i in ids]
+        results = self.evaluate_subset(nodes, subsets, f"iteration {iteration + 1}: screening")
+        score = dict(zip((n.id for n in nodes), (r.score for r in results), strict=True))
+
+        def mean(beams) -> float:
+            values = [score[i] for ids in beams.values() for i in ids]
+            return sum(values) / len(values)
+
+        bar = mean(state.beams)
+        ranked = sorted(candidates, key=lambda pc: -mean(pc[1].beams))
+        keep = max(1, math.ceil(o.screening_keep * len(candidates)))
+        chosen = {p.id for p, c in ranked[:keep] if mean(c.beams) >= bar}
+        full = sum(len(self.tasks[name].trainset) * len(ids) for name, ids in state.beams.items())
+        part = sum(len(subsets[name]) * len(ids) for name, ids in state.beams.items())
+        out = {}
+        for proposal, candidate in candidates:
+            promoted = proposal.id in chosen
+            out[proposal.id] = {"score": mean(candidate.beams), "incumbent": bar, "promoted": promoted}
+            if not promoted and self._phase is not None:
+                self._phase.screened_out += 1
+                self._phase.evaluations_saved += full - part
+        return out
 
     def propose_system(self, state: BilevelState, iteration: int, candidate: int):
         if self.o.method == "metaspo_ape":
@@ -249,6 +338,9 @@ class BilevelRun(SearchBase):
             "nodes": [n.to_dict() for n in self.store.nodes.values()],
             "phases": [p.to_dict() for p in self.phases],
             "faults": dict(self.faults.counts),
+            "stopped": self.stopped,
+            "budget": self.o.budget.to_dict(),
+            "usage": total_usage(self.phases),
             "calls": {
                 "task_lm": sum(p.task_lm_calls for p in self.phases),
                 "optimizer_lm": sum(p.optimizer_calls for p in self.phases),

@@ -10,7 +10,8 @@ from typing import Any
 
 import dspy
 
-from metaspo_dspy.evaluation import EvalJob, GridEvaluator, NodeEval
+from metaspo_dspy.budget import cost_of
+from metaspo_dspy.evaluation import EvalJob, GridEvaluator, NodeEval, merge_usage
 from metaspo_dspy.metrics import Metric
 from metaspo_dspy.optimize.proposer import Proposal, Proposer, io_pairs, sample_wrong, wrong_example
 from metaspo_dspy.optimize.state import NodeStore, PromptNode
@@ -108,12 +109,17 @@ class PhaseLog:
     evaluations: int = 0
     reused_evaluations: int = 0
     failures: int = 0
+    task_usage: dict[str, dict[str, int]] = field(default_factory=dict)
+    optimizer_usage: dict[str, dict[str, int]] = field(default_factory=dict)
+    cost: float | None = None
+    screened_out: int = 0
+    evaluations_saved: int = 0
     proposals: int = 0
     discarded: int = 0
     seconds: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
-        return dict(self.__dict__)
+        return {k: (dict(v) if isinstance(v, dict) else v) for k, v in self.__dict__.items()}
 
 
 class SearchBase:
@@ -143,6 +149,7 @@ class SearchBase:
         self._phase: PhaseLog | None = None
         self._phase_start = 0.0
         self._optimizer_calls_at_start = 0
+        self._optimizer_usage_at_start: dict[str, dict[str, int]] = {}
         self.phase_callback: Callable[[PhaseLog], None] | None = None
         self.max_failure_share = 0.5
 
@@ -151,6 +158,7 @@ class SearchBase:
         self._phase = PhaseLog(phase, iteration)
         self._phase_start = time.perf_counter()
         self._optimizer_calls_at_start = self.proposer.calls
+        self._optimizer_usage_at_start = self.proposer.usage_snapshot()
         return self._phase
 
     def end(self) -> PhaseLog:
@@ -158,6 +166,8 @@ class SearchBase:
         assert log is not None
         log.seconds = round(time.perf_counter() - self._phase_start, 3)
         log.optimizer_calls = self.proposer.calls - self._optimizer_calls_at_start
+        log.optimizer_usage = self.proposer.usage_since(self._optimizer_usage_at_start)
+        log.cost = cost_of(_merged(log.task_usage, log.optimizer_usage))
         self.phases.append(log)
         self._phase = None
         if self.phase_callback is not None:
@@ -165,23 +175,38 @@ class SearchBase:
         return log
 
     # -- evaluation --------------------------------------------------------------------------
+    def _job(self, node: PromptNode, examples: Sequence[dspy.Example]) -> EvalJob:
+        task = self.tasks[node.task]
+        return EvalJob(
+            task=node.task,
+            program=task.prepared(node.user_prompt),
+            system_prompt=node.system_prompt,
+            instructions_in=self.instructions_in,
+            examples=examples,
+            metric=task.metric,
+            label=f"node {node.id}",
+        )
+
+    def evaluate_subset(
+        self, nodes: Sequence[PromptNode], subsets: Mapping[str, Sequence[int]], desc: str
+    ) -> list[NodeEval]:
+        """Score nodes on a subset of their task's train examples, leaving their scores alone."""
+        jobs = [self._job(n, [self.tasks[n.task].trainset[i] for i in subsets[n.task]]) for n in nodes]
+        results = self.evaluator.evaluate(jobs, desc=desc)
+        if self._phase is not None:
+            for result in results:
+                self._phase.task_lm_calls += result.lm_calls
+                self._phase.evaluations += sum(1 for r in result.results if not r.cached)
+                merge_usage(self._phase.task_usage, result.usage)
+        self._check_failures(results, desc)
+        return results
+
     def evaluate(self, nodes: Sequence[PromptNode], split: str = "train", desc: str = "") -> list[NodeEval]:
         """Score nodes on their task's train or test split in one grid; sets their scores."""
         jobs = []
         for node in nodes:
             task = self.tasks[node.task]
-            examples = task.trainset if split == "train" else task.testset
-            jobs.append(
-                EvalJob(
-                    task=node.task,
-                    program=task.prepared(node.user_prompt),
-                    system_prompt=node.system_prompt,
-                    instructions_in=self.instructions_in,
-                    examples=examples or [],
-                    metric=task.metric,
-                    label=f"node {node.id}",
-                )
-            )
+            jobs.append(self._job(node, (task.trainset if split == "train" else task.testset) or []))
         results = self.evaluator.evaluate(jobs, desc=desc or split)
         for node, result in zip(nodes, results, strict=True):
             if split == "train":
@@ -198,6 +223,7 @@ class SearchBase:
                 self._phase.evaluations += len(result.results)
                 self._phase.reused_evaluations += sum(1 for r in result.results if r.cached)
                 self._phase.failures += result.failures
+                merge_usage(self._phase.task_usage, result.usage)
         self._check_failures(results, desc or split)
         return results
 
@@ -314,3 +340,17 @@ class SearchBase:
             elif self._phase is not None:
                 self._phase.discarded += 1
         return usable
+
+
+def _merged(*usages: dict[str, dict[str, int]]) -> dict[str, dict[str, int]]:
+    total: dict[str, dict[str, int]] = {}
+    for usage in usages:
+        merge_usage(total, usage)
+    return total
+
+
+def total_usage(phases: Sequence[PhaseLog]) -> dict[str, Any]:
+    """Tokens per model and cost (None when unpriced) over phases, split by task and optimizer LM."""
+    task = _merged(*(p.task_usage for p in phases))
+    optimizer = _merged(*(p.optimizer_usage for p in phases))
+    return {"task_lm": task, "optimizer_lm": optimizer, "cost": cost_of(_merged(task, optimizer))}

@@ -25,6 +25,7 @@ import dspy
 from dspy.teleprompt.teleprompt import Teleprompter
 
 from metaspo_dspy.adapters import make_adapter
+from metaspo_dspy.budget import Budget
 from metaspo_dspy.metrics import Metric
 from metaspo_dspy.optimize.artifact import reference_bilevel_nodes
 from metaspo_dspy.optimize.bilevel import BilevelRun
@@ -67,6 +68,15 @@ class MetaSPO(Teleprompter):
             completed evaluation and proposal, a checkpoint after every phase, and at the end the
             artifact (``metaspo_run.json``), the reference-format ``bilevel_nodes.json`` and the
             program (``program.json``).
+        max_lm_calls, max_cost: a budget on task + optimizer calls and on dollars (LiteLLM prices);
+            checked before each phase against its planned calls, so the run stops cleanly at a phase
+            boundary with the best result so far (``detailed_results["stopped"]`` says why).
+        screening, screening_keep: frugal screening (off by default; the faithful mode evaluates every
+            candidate fully). With ``screening=0.2`` each system-prompt candidate is first scored on
+            the same 20% of every task's train examples; only the best ``screening_keep`` share that
+            is at least as good as the incumbent there gets the full evaluation (minibatch results are
+            reused). Screened-out candidates are recorded with their minibatch score; phase logs
+            report ``screened_out`` and ``evaluations_saved``.
         max_failure_share: stop (resumably) with :class:`TooManyFailures` when more than this share
             of an evaluation grid's task-model calls fail after the LM layer's retries (0.5).
         resume: continue the run recorded in ``log_dir`` (same settings required): completed
@@ -100,6 +110,10 @@ class MetaSPO(Teleprompter):
         phase_callback: Callable[[PhaseLog], None] | None = None,
         resume: bool = False,
         max_failure_share: float = 0.5,
+        max_lm_calls: int | None = None,
+        max_cost: float | None = None,
+        screening: float | None = None,
+        screening_keep: float = 0.5,
     ):
         super().__init__()
         if method not in METHODS:
@@ -135,6 +149,16 @@ class MetaSPO(Teleprompter):
         if not 0 <= max_failure_share <= 1:
             raise ConfigError(f"max_failure_share must be between 0 and 1, got {max_failure_share!r}")
         self.max_failure_share = max_failure_share
+        if screening is not None and not 0 < screening < 1:
+            raise ConfigError(f"screening must be a fraction in (0, 1) of each train set, or None; got {screening!r}")
+        if not 0 < screening_keep <= 1:
+            raise ConfigError(f"screening_keep must be in (0, 1], got {screening_keep!r}")
+        self.screening = screening
+        self.screening_keep = screening_keep
+        try:
+            self.budget = Budget(max_lm_calls, max_cost)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
         if resume and log_dir is None:
             raise ConfigError("resume=True needs log_dir=<the run directory to continue>")
 

@@ -16,6 +16,7 @@ import contextvars
 import hashlib
 import json
 import re
+import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -23,9 +24,10 @@ from typing import Any
 
 import dspy
 from dspy.utils.exceptions import AdapterParseError
+from dspy.utils.usage_tracker import UsageTracker
 
 from metaspo_dspy.adapters import message_text, observed
-from metaspo_dspy.evaluation import ExampleResult
+from metaspo_dspy.evaluation import ExampleResult, merge_usage, token_counts
 from metaspo_dspy.journal import Journal
 from metaspo_dspy.optimize import signatures as sigs
 from metaspo_dspy.seeding import derive_seed
@@ -182,6 +184,21 @@ class Proposer:
         self.journal = journal if journal is not None else Journal(None)
         self.calls = 0
         self.reused = 0
+        self._usage: dict[str, dict[str, int]] = {}
+        self._usage_lock = threading.Lock()
+
+    def usage_snapshot(self) -> dict[str, dict[str, int]]:
+        with self._usage_lock:
+            return {model: dict(counts) for model, counts in self._usage.items()}
+
+    def usage_since(self, snapshot: dict[str, dict[str, int]]) -> dict[str, dict[str, int]]:
+        """Tokens used by optimizer calls since ``snapshot`` (per model)."""
+        now = self.usage_snapshot()
+        return {
+            model: {k: v - snapshot.get(model, {}).get(k, 0) for k, v in counts.items()}
+            for model, counts in now.items()
+            if counts != snapshot.get(model)
+        }
 
     # -- one optimizer call ------------------------------------------------------------------
     def _config(self, *parts: Any) -> dict[str, Any]:
@@ -200,13 +217,19 @@ class Proposer:
         config = self._config(proposal.kind, proposal.iteration, proposal.task, proposal.candidate, step)
         proposal.optimizer_calls += 1
         self.calls += 1
+        tracker = UsageTracker()
         overrides: dict[str, Any] = {
             "lm": self.lm,
             "trace": [],
+            "usage_tracker": tracker,
             "adapter": observed(self.adapter or dspy.settings.adapter),
         }
-        with dspy.context(**overrides):
-            result = dspy.Predict(signature)(**inputs, config=config)
+        try:
+            with dspy.context(**overrides):
+                result = dspy.Predict(signature)(**inputs, config=config)
+        finally:
+            with self._usage_lock:
+                merge_usage(self._usage, token_counts(tracker))
         return getattr(result, next(iter(signature.output_fields)))
 
     def _guarded(self, proposal: Proposal, fn: Callable[[], str | None], shown: Any) -> Proposal:

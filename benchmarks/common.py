@@ -1,0 +1,93 @@
+"""Shared benchmark plumbing: loopback mock servers, LMs built the way `compile` gets them, results.
+
+Every benchmark writes ``benchmarks/results/<name>.json`` and rewrites its own section of
+``benchmarks/README.md`` (between ``<!-- name:start -->`` and ``<!-- name:end -->``), so the table
+always shows the last run. Numbers are from the machine that ran them (the header says which).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import platform
+import re
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results"
+README = HERE / "README.md"
+DATA_DIR = Path(os.environ.get("METASPO_DATA_DIR", HERE.parents[1] / "shared" / "data"))
+
+
+@contextlib.contextmanager
+def mock_server(*args: str) -> Iterator[str]:
+    """A loopback mock model server (``metaspo_dspy.testing.mock_server``); yields its base URL."""
+    command = [sys.executable, "-m", "metaspo_dspy.testing.mock_server", "--port", "0", "--max-seconds", "3600", *args]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        line = process.stdout.readline()
+        if not line.startswith("READY"):
+            raise RuntimeError(f"mock server did not start: {line!r}")
+        yield f"http://127.0.0.1:{line.split()[1]}/v1"
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+def mock_lm(url: str, engine: str = "litellm", temperature: float = 0.0):
+    """An LM for the mock server built by ``metaspo_dspy.lm.build_lm``, as the CLI builds it (no cache)."""
+    from metaspo_dspy.lm import LMSettings, build_lm
+
+    settings = LMSettings(
+        model="openai/mock", api_base=url, temperature=temperature, engine=engine, extra={"cache": False}
+    )
+    return build_lm(settings)
+
+
+def disable_dspy_cache() -> None:
+    import dspy
+
+    dspy.configure_cache(enable_disk_cache=False, enable_memory_cache=False)
+
+
+def machine() -> dict[str, Any]:
+    return {
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+    }
+
+
+def save(name: str, data: dict[str, Any], table: str) -> None:
+    """Write results/<name>.json and replace the <name> section of README.md with ``table``."""
+    from metaspo_dspy.io import atomic_write_json, atomic_write_text
+
+    data = {"benchmark": name, "machine": machine(), **data}
+    atomic_write_json(RESULTS / f"{name}.json", data)
+    text = README.read_text(encoding="utf-8") if README.exists() else "# Benchmarks\n"
+    block = f"<!-- {name}:start -->\n{table.rstrip()}\n\n_{data['machine']['when']}, {data['machine']['cpus']} CPUs, "
+    block += f"Python {data['machine']['python']}; raw numbers: `results/{name}.json`._\n<!-- {name}:end -->"
+    pattern = re.compile(rf"<!-- {name}:start -->.*?<!-- {name}:end -->", re.S)
+    text = pattern.sub(lambda _: block, text) if pattern.search(text) else text.rstrip() + "\n\n" + block + "\n"
+    atomic_write_text(README, text)
+    print(table)
+
+
+def markdown(rows: list[list[Any]], header: list[str]) -> str:
+    def cell(value: Any) -> str:
+        if isinstance(value, float):
+            return f"{value:.2f}" if abs(value) < 100 else f"{value:.0f}"
+        return str(value)
+
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(cell(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
