@@ -8,7 +8,6 @@ always shows the last run. Numbers are from the machine that ran them (the heade
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import platform
 import re

@@ -86,11 +86,13 @@ def test_bad_budgets(kwargs, message):
 def test_frugal_screening_saves_calls_and_records_screened_out_candidates(data_dir, engine_factory):
     train = {t: load_examples(data_dir, "amazon", t, 10) for t in ("beauty", "game")}
     gold = {e.question: e.answer for exs in train.values() for e in exs}
-    engine, task_lm, opt_lm = engine_factory("screening", gold=gold)
+    _engine, task_lm, opt_lm = engine_factory("screening", gold=gold)
     kwargs = dict(num_iterations=1, num_system_candidates=4, num_user_candidates=2, user_top_k=2, progress=False)
-    artifact = MetaSPO(exact_metric, opt_lm, task_lm, screening=0.4, screening_keep=0.5, **kwargs).compile(
-        dspy.Predict(SIG), trainsets=train
-    ).detailed_results
+    artifact = (
+        MetaSPO(exact_metric, opt_lm, task_lm, screening=0.4, screening_keep=0.5, **kwargs)
+        .compile(dspy.Predict(SIG), trainsets=train)
+        .detailed_results
+    )
     decisions = artifact["outer_decisions"]
     assert all("screening" in d for d in decisions)
     promoted = [d for d in decisions if d["screening"]["promoted"]]
