@@ -52,9 +52,14 @@ def mock_lm(url: str, engine: str = "litellm", temperature: float = 0.0):
 
 
 def disable_dspy_cache() -> None:
+    """No DSPy response cache (every call reaches the server) and no per-evaluation log lines."""
+    import logging
+
     import dspy
 
     dspy.configure_cache(enable_disk_cache=False, enable_memory_cache=False)
+    for name in ("dspy", "LiteLLM", "litellm"):
+        logging.getLogger(name).setLevel(logging.ERROR)
 
 
 def machine() -> dict[str, Any]:

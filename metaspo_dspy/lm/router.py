@@ -120,7 +120,7 @@ def router_lm(
     temperature: float | None = TASK_TEMPERATURE,
     max_tokens: int | None = None,
     num_retries: int = 3,
-    routing_strategy: str = "simple-shuffle",
+    routing_strategy: str = "least-busy",
     cache: bool = True,
     **router_kwargs: Any,
 ):
@@ -133,7 +133,11 @@ def router_lm(
             ``api_key_env`` and ``extra`` are used) or model strings.
         temperature, max_tokens, cache: the LM's generation settings (task-LM default: 0).
         num_retries: the router's retries across deployments.
-        routing_strategy, router_kwargs: passed to ``litellm.Router`` (e.g. ``fallbacks``,
+        routing_strategy: ``"least-busy"`` (default: each request goes to the deployment with the
+            fewest requests in flight; measured 1.9x the throughput of one capacity-bound server with
+            two, against 1.5x for random ``"simple-shuffle"``, see benchmarks/README.md) or any
+            LiteLLM strategy.
+        router_kwargs: passed to ``litellm.Router`` (e.g. ``fallbacks``,
             ``allowed_fails``, ``cooldown_time``).
     """
     import dspy
