@@ -53,7 +53,7 @@ def test_resume_after_a_crash_replays_without_asking_again(data_dir, engine_fact
         ).compile(dspy.Predict(SIG), trainsets=train, testsets=test)
     before = dict(engine2.counts)
     checkpoint = json.loads((run_dir / "checkpoint.json").read_text())
-    assert checkpoint["complete"] is False and checkpoint["steps"][-1]["phase"] == "outer"
+    assert checkpoint["complete"] is False and checkpoint["steps"][-1]["phase"] == "inner"
     assert (run_dir / "evaluations.jsonl").stat().st_size > 0 and not (run_dir / "metaspo_run.json").exists()
 
     # Same model name as the interrupted run: the settings must match to resume.

@@ -20,6 +20,7 @@ MetaSPO for DSPy: optimize one system prompt that works across many tasks.
   metaspo train   optimize a system prompt on a config's source tasks (writes a run directory)
   metaspo test    score system prompts on unseen tasks (unseen generalization, test-time adaptation)
   metaspo show    summarize a run directory
+  metaspo report  write a Markdown report with PNG figures for a run directory
   metaspo presets print the preset system prompts
   metaspo tasks   list the tasks by domain
 
@@ -30,6 +31,7 @@ come from the environment) or 'embedded' for the offline SmolLM2-135M model. Run
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from metaspo_dspy import report as report_command
     from metaspo_dspy.cli import evaluate, show, train
 
     parser = argparse.ArgumentParser(
@@ -41,6 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_parser(subparsers)
     evaluate.add_parser(subparsers)
     show.add_parsers(subparsers)
+    report_command.add_parser(subparsers)
     return parser
 
 

@@ -285,6 +285,7 @@ class BilevelRun(SearchBase):
         # The last snapshot holds the final beams: refresh it with the test scores.
         self.steps[-1]["nodes"] = self._beam_dicts(state)
         self.checkpoint()
+        self._notify(state)
 
     # -- results -----------------------------------------------------------------------------
     def _beam_dicts(self, state: BilevelState) -> dict[str, list[dict[str, Any]]]:
@@ -303,6 +304,15 @@ class BilevelRun(SearchBase):
             }
         )
         self.checkpoint()
+        self._notify(state)
+
+    def after_phase(self, log) -> None:
+        """Deferred: the callback runs once the phase's snapshot and checkpoint exist."""
+
+    def _notify(self, state: BilevelState) -> None:
+        if self.phases and self.phase_callback is not None:
+            self.phases[-1].meta_score = state.meta_score(self.store)
+            self.phase_callback(self.phases[-1])
 
     def checkpoint(self) -> None:
         if self.run_dir is not None and self.state is not None:

@@ -112,6 +112,7 @@ class PhaseLog:
     task_usage: dict[str, dict[str, int]] = field(default_factory=dict)
     optimizer_usage: dict[str, dict[str, int]] = field(default_factory=dict)
     cost: float | None = None
+    meta_score: float | None = None
     screened_out: int = 0
     evaluations_saved: int = 0
     proposals: int = 0
@@ -170,9 +171,13 @@ class SearchBase:
         log.cost = cost_of(_merged(log.task_usage, log.optimizer_usage))
         self.phases.append(log)
         self._phase = None
+        self.after_phase(log)
+        return log
+
+    def after_phase(self, log: PhaseLog) -> None:
+        """Hand a finished phase to ``phase_callback`` (subclasses may defer this)."""
         if self.phase_callback is not None:
             self.phase_callback(log)
-        return log
 
     # -- evaluation --------------------------------------------------------------------------
     def _job(self, node: PromptNode, examples: Sequence[dspy.Example]) -> EvalJob:

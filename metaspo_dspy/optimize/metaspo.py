@@ -82,7 +82,8 @@ class MetaSPO(Teleprompter):
         resume: continue the run recorded in ``log_dir`` (same settings required): completed
             evaluations and proposals are read back from its journals, not asked again.
         progress: show progress bars.
-        phase_callback: called with each finished phase's :class:`PhaseLog` (calls, time), e.g.
+        phase_callback: called with each finished phase's :class:`PhaseLog` (calls, tokens, cost,
+            time, the meta-score after it) once its checkpoint is written, e.g.
             to stream progress into a notebook.
     """
 
