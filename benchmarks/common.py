@@ -42,11 +42,13 @@ def mock_server(*args: str) -> Iterator[str]:
 
 
 def mock_lm(url: str, engine: str = "litellm", temperature: float = 0.0):
-    """An LM for the mock server built by ``metaspo_dspy.lm.build_lm``, as the CLI builds it (no cache)."""
+    """An LM for the mock server built by ``metaspo_dspy.lm.build_lm``, as the CLI builds it (no cache;
+    a 30 s request timeout, so a lost request is retried instead of stalling a grid for LiteLLM's
+    default 600 s)."""
     from metaspo_dspy.lm import LMSettings, build_lm
 
     settings = LMSettings(
-        model="openai/mock", api_base=url, temperature=temperature, engine=engine, extra={"cache": False}
+        model="openai/mock", api_base=url, temperature=temperature, engine=engine, extra={"cache": False, "timeout": 30}
     )
     return build_lm(settings)
 

@@ -47,6 +47,7 @@ def main() -> None:
     parser.add_argument("--engine", choices=["litellm", "native"], default="litellm")
     parser.add_argument("--threads", type=int, default=None, help="concurrency (default 64; 16 with --quick)")
     parser.add_argument("--latency", type=float, default=0.1)
+    parser.add_argument("--name", default="full_run", help="results/<name>.json and README section")
     args = parser.parse_args()
     args.threads = args.threads or (16 if args.quick else 64)
     disable_dspy_cache()
@@ -92,8 +93,9 @@ def main() -> None:
         ["phase", "iteration", "task calls", "optimizer calls", "seconds"],
     )
     table += f"\n\nPeak memory (whole process): {peak_mb:.0f} MB. Per phase (faithful run):\n\n{phases}"
+    table = f"engine={args.engine}, {args.threads} threads, {args.latency} s latency.\n\n" + table
     save(
-        "full_run",
+        args.name,
         {"quick": args.quick, "engine": args.engine, "threads": args.threads, "latency_s": args.latency,
          "sequential_calls_per_s": slice_rate, "peak_memory_mb": peak_mb, "runs": runs},
         table,

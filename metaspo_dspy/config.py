@@ -43,6 +43,7 @@ Schema (defaults are the paper's; all keys optional unless stated)::
       api_key_env: null         # NAME of the environment variable holding the key
       engine: litellm           # litellm | native (DSPy's own client, OpenAI-compatible servers)
       num_retries: 3            # retries with backoff on transient errors (LiteLLM)
+      timeout: null             # seconds per request before it is retried (null: LiteLLM's 600)
     optimizer_lm:               # the model that proposes prompts
       model: openai/gpt-4o-mini
       temperature: 1.0
@@ -95,6 +96,7 @@ class LMConfig:
     api_key_env: str | None = None
     engine: str = "litellm"
     num_retries: int = 3
+    timeout: float | None = None
 
     def lm_kwargs(self) -> dict[str, Any]:
         """Keyword arguments for ``dspy.LM``: ``model`` plus the set options; ``api_key`` read from
@@ -208,6 +210,8 @@ _MINIMUM = {
     "task_lm.max_tokens": 1,
     "optimizer_lm.max_tokens": 1,
     "task_lm.num_retries": 0,
+    "task_lm.timeout": 0.001,
+    "optimizer_lm.timeout": 0.001,
     "optimizer_lm.num_retries": 0,
     "search.screening": 0.01,
     "search.screening_keep": 0.01,

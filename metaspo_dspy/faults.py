@@ -29,6 +29,8 @@ def classify(exc: BaseException | None) -> str:
     status = getattr(exc, "status_code", None)
     if "timeout" in name.lower() or "timed out" in text:
         return "timeout"
+    if "connection error" in text or "connecterror" in text or "connection reset" in text:
+        return "connection"  # LiteLLM reports these as InternalServerError with status 500
     if name == "RateLimitError" or status == 429:
         return "rate_limit"
     if (isinstance(status, int) and status >= 500) or name in ("InternalServerError", "ServiceUnavailableError"):

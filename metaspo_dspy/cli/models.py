@@ -53,6 +53,7 @@ def _build(config: LMConfig, role: str, default_max_tokens: int) -> tuple[Any, b
         api_key_env=config.api_key_env if not embedded else None,
         num_retries=config.num_retries,
         engine=config.engine if not embedded else "litellm",
+        extra={"timeout": config.timeout} if config.timeout else {},
     )
     return build_lm(settings), embedded
 
