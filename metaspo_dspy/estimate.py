@@ -45,3 +45,45 @@ def estimate_calls(
         "task_lm": task_train + task_test,
         "optimizer_lm": optimizer,
     }
+
+
+#: Rough sizes for what cannot be known before a run (documented in the CLI's estimate line).
+TASK_OUTPUT_TOKENS = 20
+OPTIMIZER_PROMPT_TOKENS = 1500
+OPTIMIZER_OUTPUT_TOKENS = 300
+
+
+def estimate_tokens_and_cost(
+    calls: dict[str, int], tasks, task_model: str, optimizer_model: str, adapter=None, system_prompt: str = ""
+) -> dict[str, float | int | None]:
+    """Rough tokens and dollars for the calls of :func:`estimate_calls`.
+
+    Task prompts are measured: one train example per task is formatted with the run's adapter and
+    counted with ``litellm.token_counter``; outputs and optimizer calls use fixed sizes
+    (:data:`TASK_OUTPUT_TOKENS`, :data:`OPTIMIZER_PROMPT_TOKENS`, :data:`OPTIMIZER_OUTPUT_TOKENS`).
+    ``cost`` is None when LiteLLM has no price for a model.
+    """
+    import litellm
+
+    from metaspo_dspy.adapters import with_system_prompt
+
+    adapter = with_system_prompt(adapter, system_prompt, "user")
+    sizes = []
+    for task in tasks:
+        example = task.train[0]
+        messages = adapter.format(task.signature, [], dict(example.inputs()))
+        try:
+            sizes.append(litellm.token_counter(model=task_model, messages=messages))
+        except Exception:
+            sizes.append(sum(len(str(m["content"])) for m in messages) // 4)
+    task_prompt = sum(sizes) / len(sizes) if sizes else 0
+    task_in = int(task_prompt * calls["task_lm"])
+    task_out = TASK_OUTPUT_TOKENS * calls["task_lm"]
+    opt_in = OPTIMIZER_PROMPT_TOKENS * calls["optimizer_lm"]
+    opt_out = OPTIMIZER_OUTPUT_TOKENS * calls["optimizer_lm"]
+    try:
+        cost = sum(litellm.cost_per_token(model=task_model, prompt_tokens=task_in, completion_tokens=task_out))
+        cost += sum(litellm.cost_per_token(model=optimizer_model, prompt_tokens=opt_in, completion_tokens=opt_out))
+    except Exception:
+        cost = None
+    return {"tokens": task_in + task_out + opt_in + opt_out, "cost": cost}

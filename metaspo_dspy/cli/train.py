@@ -9,10 +9,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from metaspo_dspy.adapters import make_adapter
 from metaspo_dspy.cli.common import add_config_arguments, config_from_args, resolve_system_prompt, say, table
 from metaspo_dspy.cli.models import build_models
 from metaspo_dspy.config import RunConfig, load_config
-from metaspo_dspy.estimate import estimate_calls
+from metaspo_dspy.estimate import estimate_calls, estimate_tokens_and_cost
 from metaspo_dspy.io import atomic_write_json
 from metaspo_dspy.optimize.common import ConfigError, PhaseLog
 from metaspo_dspy.optimize.metaspo import MetaSPO
@@ -145,6 +146,12 @@ def run(args: argparse.Namespace) -> int:
         f"  estimated calls: {estimate['task_lm']} task-model (train {estimate['task_lm_train']}, "
         f"test {estimate['task_lm_test']}), {estimate['optimizer_lm']} optimizer"
     )
+    rough = estimate_tokens_and_cost(
+        estimate, tasks, models.task_label, models.optimizer_label, make_adapter(models.task_adapter),
+        config.initial_system_prompt,
+    )  # fmt: skip
+    price = f", about ${rough['cost']:.2f} at LiteLLM's prices" if rough["cost"] else ""
+    say(f"  roughly {rough['tokens'] / 1e6:.2f}M tokens{price}")
     say(f"  run directory: {run_dir}{'  (resuming)' if resume else ''}")
     started = time.perf_counter()
     tp = MetaSPO(

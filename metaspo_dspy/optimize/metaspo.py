@@ -185,7 +185,14 @@ class MetaSPO(Teleprompter):
         """
         if kwargs:
             raise ConfigError(f"unexpected compile() arguments {sorted(kwargs)}; see MetaSPO.compile's docstring")
-        run = BilevelRun(self, self._task_runs(program, trainsets, testsets, metrics, user_prompt_suffixes))
+        tasks = self._task_runs(program, trainsets, testsets, metrics, user_prompt_suffixes)
+        initial = sum(len(task.trainset) for task in tasks.values())
+        if self.budget.max_lm_calls is not None and initial > self.budget.max_lm_calls:
+            raise ConfigError(
+                f"max_lm_calls={self.budget.max_lm_calls} does not cover even the initial evaluation "
+                f"({initial} calls); raise the budget or use fewer train examples"
+            )
+        run = BilevelRun(self, tasks)
         return run.execute()
 
     # -- set-up ------------------------------------------------------------------------------
