@@ -7,14 +7,10 @@ always shows the last run. Numbers are from the machine that ran them (the heade
 
 from __future__ import annotations
 
-import contextlib
 import os
 import platform
 import re
-import subprocess
-import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,19 +22,11 @@ README = HERE / "README.md"
 DATA_DIR = Path(os.environ.get("METASPO_DATA_DIR", HERE.parents[1] / "shared" / "data"))
 
 
-@contextlib.contextmanager
-def mock_server(*args: str) -> Iterator[str]:
-    """A loopback mock model server (``metaspo_dspy.testing.mock_server``); yields its base URL."""
-    command = [sys.executable, "-m", "metaspo_dspy.testing.mock_server", "--port", "0", "--max-seconds", "3600", *args]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    try:
-        line = process.stdout.readline()
-        if not line.startswith("READY"):
-            raise RuntimeError(f"mock server did not start: {line!r}")
-        yield f"http://127.0.0.1:{line.split()[1]}/v1"
-    finally:
-        process.terminate()
-        process.wait(timeout=10)
+def mock_server(*args: str):
+    """A loopback mock model server in a subprocess; yields its base URL."""
+    from metaspo_dspy.testing.mock_server import running
+
+    return running(*args)
 
 
 def mock_lm(url: str, engine: str = "litellm", temperature: float = 0.0):

@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import importlib
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
@@ -75,18 +72,8 @@ def engine_factory():
     return make
 
 
-@contextlib.contextmanager
 def mock_server(*args: str, log: Path | None = None):
     """Start the loopback mock model server; yields its base URL (``http://127.0.0.1:PORT/v1``)."""
-    command = [sys.executable, "-m", "metaspo_dspy.testing.mock_server", "--port", "0", "--max-seconds", "900", *args]
-    if log is not None:
-        command += ["--log", str(log)]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    try:
-        line = process.stdout.readline()
-        if not line.startswith("READY"):
-            raise RuntimeError(f"mock server did not start: {line!r}")
-        yield f"http://127.0.0.1:{line.split()[1]}/v1"
-    finally:
-        process.terminate()
-        process.wait(timeout=10)
+    from metaspo_dspy.testing.mock_server import running
+
+    return running(*args, log=log)

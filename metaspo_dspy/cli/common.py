@@ -111,6 +111,21 @@ def config_from_args(
     )
 
 
+def config_tasks(config: RunConfig, names) -> list:
+    """The named tasks, loaded with the config's data settings and seed."""
+    from metaspo_dspy.tasks import load_tasks
+
+    return load_tasks(
+        names,
+        data_dir=config.data.data_dir,
+        source=config.data.source,
+        prompt_format=config.data.prompt_format,
+        train_size=config.data.train_size,
+        test_size=config.data.test_size,
+        seed=config.seed,
+    )
+
+
 def resolve_system_prompt(spec: str) -> tuple[str, SystemPrompt]:
     """A system prompt from a preset name, a run directory, or a file; returns (label, prompt)."""
     if spec in PRESETS:

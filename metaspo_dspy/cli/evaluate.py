@@ -9,12 +9,19 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from metaspo_dspy.cli.common import add_config_arguments, config_from_args, resolve_system_prompt, say, table
+from metaspo_dspy.cli.common import (
+    add_config_arguments,
+    config_from_args,
+    config_tasks,
+    resolve_system_prompt,
+    say,
+    table,
+)
 from metaspo_dspy.cli.models import build_models
 from metaspo_dspy.io import atomic_write_json
 from metaspo_dspy.meta_test import test_time_adaptation, unseen_generalization
 from metaspo_dspy.optimize.common import ConfigError
-from metaspo_dspy.tasks import TaskLoadError, load_tasks, load_unseen_user_prompts
+from metaspo_dspy.tasks import TaskLoadError, load_unseen_user_prompts
 
 HELP = "score system prompts on unseen tasks (unseen generalization or test-time adaptation)"
 DESCRIPTION = """\
@@ -66,15 +73,7 @@ def run(args: argparse.Namespace) -> int:
     if not config.tasks.unseen:
         raise ConfigError("no unseen tasks: use a config with tasks.unseen (e.g. -c review) or pass --tasks")
     prompts = [resolve_system_prompt(spec) for spec in args.system_prompt]
-    tasks = load_tasks(
-        config.tasks.unseen,
-        data_dir=config.data.data_dir,
-        source=config.data.source,
-        prompt_format=config.data.prompt_format,
-        train_size=config.data.train_size,
-        test_size=config.data.test_size,
-        seed=config.seed,
-    )
+    tasks = config_tasks(config, config.tasks.unseen)
     models = build_models(config) if _needs_optimizer(args) else build_models(config, task_only=True)
     stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
     log_dir = args.log_dir or Path("runs") / f"test-{stamp}"

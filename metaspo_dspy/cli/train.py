@@ -10,7 +10,14 @@ from pathlib import Path
 from typing import Any
 
 from metaspo_dspy.adapters import make_adapter
-from metaspo_dspy.cli.common import add_config_arguments, config_from_args, resolve_system_prompt, say, table
+from metaspo_dspy.cli.common import (
+    add_config_arguments,
+    config_from_args,
+    config_tasks,
+    resolve_system_prompt,
+    say,
+    table,
+)
 from metaspo_dspy.cli.models import build_models
 from metaspo_dspy.config import RunConfig, load_config
 from metaspo_dspy.estimate import estimate_calls, estimate_tokens_and_cost
@@ -18,7 +25,7 @@ from metaspo_dspy.io import atomic_write_json
 from metaspo_dspy.optimize.common import ConfigError, PhaseLog
 from metaspo_dspy.optimize.metaspo import MetaSPO
 from metaspo_dspy.runs import RunDirError
-from metaspo_dspy.tasks import compile_kwargs, load_tasks
+from metaspo_dspy.tasks import compile_kwargs
 
 HELP = "optimize a system prompt on the source tasks of a config (MetaSPO)"
 DESCRIPTION = """\
@@ -107,15 +114,7 @@ def run(args: argparse.Namespace) -> int:
     config, run_dir, resume = _config(args)
     if config.method not in ("metaspo", "outer_loop", "metaspo_ape"):
         raise ConfigError(f"metaspo train runs method metaspo, outer_loop or metaspo_ape, not {config.method!r}")
-    tasks = load_tasks(
-        config.tasks.source,
-        data_dir=config.data.data_dir,
-        source=config.data.source,
-        prompt_format=config.data.prompt_format,
-        train_size=config.data.train_size,
-        test_size=config.data.test_size,
-        seed=config.seed,
-    )
+    tasks = config_tasks(config, config.tasks.source)
     models = build_models(config)
     if not resume:
         if (run_dir / "run.json").exists():

@@ -156,6 +156,26 @@ async def serve(args: argparse.Namespace) -> None:
         await runner.cleanup()
 
 
+@contextlib.contextmanager
+def running(*args: str, log: str | os.PathLike | None = None):
+    """Start this server in a subprocess (options as on the command line); yields its base URL
+    (``http://127.0.0.1:PORT/v1``) and stops the server on exit."""
+    import subprocess
+
+    command = [sys.executable, "-m", "metaspo_dspy.testing.mock_server", "--port", "0", "--max-seconds", "3600", *args]
+    if log is not None:
+        command += ["--log", str(log)]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        line = process.stdout.readline()
+        if not line.startswith("READY"):
+            raise RuntimeError(f"mock server did not start: {line!r}")
+        yield f"http://127.0.0.1:{line.split()[1]}/v1"
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--port", type=int, default=0, help="0: any free port (printed as READY <port>)")
