@@ -9,6 +9,8 @@ Layout (everything written atomically or append-only)::
     RUN_DIR/metaspo_run.json   the final artifact (MetaSPO.detailed_results)
     RUN_DIR/bilevel_nodes.json the same history in the reference code's shape
     RUN_DIR/program.json       the optimized MetaSPOProgram (MetaSPOProgram.from_file)
+    RUN_DIR/.lock              held (an OS file lock) by the one process running it; released when
+                               the run ends or the process dies, so a killed run can be resumed
 
 Resuming replays the search from the start with the journals as its memory: completed
 evaluations and proposals are read back instead of being asked again, so the run continues where
@@ -21,6 +23,8 @@ import json
 import os
 from pathlib import Path
 from typing import Any
+
+from filelock import FileLock, Timeout
 
 from metaspo_dspy.io import atomic_write_json
 from metaspo_dspy.journal import Journal
@@ -53,13 +57,48 @@ class RunDir:
         settings: JSON-able settings that shape the run's results (no secrets).
         resume: continue the run recorded there; its settings must equal ``settings``.
 
+    The open run directory holds an exclusive lock (``RUN_DIR/.lock``) until :meth:`close`: a
+    second process (or a second open in this one) that tries to run or resume the same folder at
+    the same time gets a :class:`RunDirError` instead of interleaving its journals with the first's.
+    The operating system drops the lock when the process dies, SIGKILL included.
+
     Raises :class:`RunDirError` with the fix when the folder holds another run and ``resume`` is
-    False, holds nothing to resume, has incompatible settings (named one by one), or is not writable.
+    False, holds nothing to resume, has incompatible settings (named one by one), is in use by
+    another process, or is not writable.
     """
 
     def __init__(self, path: str | Path, settings: dict[str, Any], resume: bool = False):
         self.path = Path(path)
         self.settings = json.loads(json.dumps(settings, default=str))
+        if not resume:
+            self._check_writable()
+        self._lock = self._acquire_lock()
+        try:
+            self._open(resume)
+        except BaseException:
+            self._lock.release()
+            raise
+        self.evaluations = Journal(self.path / "evaluations.jsonl")
+        self.proposals = Journal(self.path / "proposals.jsonl")
+
+    def _acquire_lock(self) -> FileLock:
+        # thread_local=False: the loop's worker threads share the run; is_singleton=False: a second
+        # RunDir on the same folder in this process is refused like another process would be.
+        lock = FileLock(self.path / ".lock", timeout=0, thread_local=False, is_singleton=False)
+        try:
+            lock.acquire()
+        except Timeout:
+            raise RunDirError(
+                f"{self.path} is in use by another running process (it holds {self.path / '.lock'}); "
+                "wait for that run to finish or stop it, then resume, or choose another log dir"
+            ) from None
+        except OSError as exc:
+            raise RunDirError(
+                f"cannot lock log dir {self.path}: {exc.strerror or exc}; choose a writable folder"
+            ) from None
+        return lock
+
+    def _open(self, resume: bool) -> None:
         run_file = self.path / "run.json"
         if resume:
             if not run_file.exists():
@@ -83,10 +122,7 @@ class RunDir:
                     f"{self.path} already holds a run; resume it (metaspo train --resume {self.path}, or "
                     "MetaSPO(..., resume=True)) or choose another log dir"
                 )
-            self._check_writable()
             atomic_write_json(run_file, {"format": RUN_FORMAT, "settings": self.settings})
-        self.evaluations = Journal(self.path / "evaluations.jsonl")
-        self.proposals = Journal(self.path / "proposals.jsonl")
 
     def _check_writable(self) -> None:
         try:
@@ -113,5 +149,9 @@ class RunDir:
         return path
 
     def close(self) -> None:
-        self.evaluations.close()
-        self.proposals.close()
+        """Close the journals and release the folder's lock."""
+        try:
+            self.evaluations.close()
+            self.proposals.close()
+        finally:
+            self._lock.release()

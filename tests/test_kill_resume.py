@@ -163,3 +163,25 @@ def test_resume_refuses_a_run_dir_made_for_other_settings(gold, tmp_path):
     )
     assert again.returncode == 2
     assert "num_system_candidates: 3 -> 5" in again.stderr and "Traceback" not in again.stderr
+
+
+def test_a_running_run_dir_is_refused_to_a_second_process_until_the_first_dies(gold, tmp_path):
+    log, run_dir = tmp_path / "log.jsonl", tmp_path / "run"
+    env = {**_env(log, gold), "METASPO_FAKE_OPTIMIZER_LATENCY": "3"}  # keeps the first run busy
+    first = _start([*ARGS, "--log-dir", str(run_dir)], env, tmp_path)
+    _wait_for(first, log, lambda requests: len(requests) > 0)
+    second = subprocess.run(
+        [sys.executable, "-m", "metaspo_dspy.cli", "train", "--resume", str(run_dir), "--quiet"],
+        env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert first.poll() is None, "the first run ended before the second process tried the folder"
+    assert second.returncode == 2, second.stderr
+    assert "in use by another running process" in second.stderr and "Traceback" not in second.stderr
+    first.send_signal(signal.SIGKILL)
+    first.wait(timeout=30)
+    resumed = subprocess.run(
+        [sys.executable, "-m", "metaspo_dspy.cli", "train", "--resume", str(run_dir), "--quiet"],
+        env=_env(log, gold), cwd=tmp_path, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert resumed.returncode == 0, resumed.stderr  # the OS dropped the dead process's lock
+    assert (run_dir / "metaspo_run.json").exists()

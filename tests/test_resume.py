@@ -106,3 +106,17 @@ def test_torn_journal_line_is_ignored(tmp_path):
     reopened.put("c", {"x": 3})  # appended after the torn line, on a line of its own
     reopened.close()
     assert Journal(tmp_path / "j.jsonl").get("c") == {"x": 3}
+
+
+def test_a_run_dir_is_opened_by_one_runner_at_a_time(tmp_path):
+    from metaspo_dspy.runs import RunDir
+
+    first = RunDir(tmp_path / "run", {"seed": 1})
+    with pytest.raises(RunDirError, match="in use by another running process"):
+        RunDir(tmp_path / "run", {"seed": 1}, resume=True)
+    first.close()
+    RunDir(tmp_path / "run", {"seed": 1}, resume=True).close()
+    # A refused resume (settings differ) leaves the folder unlocked.
+    with pytest.raises(RunDirError, match="seed: 1 -> 2"):
+        RunDir(tmp_path / "run", {"seed": 2}, resume=True)
+    RunDir(tmp_path / "run", {"seed": 1}, resume=True).close()
