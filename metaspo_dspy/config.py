@@ -4,7 +4,8 @@
 reads the files in order (later ones override earlier ones, key by key), then the overrides (from
 the CLI), and validates every layer as it is applied, so an error names the key and the file (or
 ``<overrides>``). Every problem raises one :class:`ConfigError` (a ``ValueError``). A bare name such
-as ``"review"`` is looked up as ``configs/review.yaml`` in the repository.
+as ``"review"`` is looked up among the shipped configs: the repository's ``configs/`` folder, which
+the wheel carries as ``metaspo_dspy/configs``.
 
 Schema (defaults are the paper's; all keys optional unless stated)::
 
@@ -71,7 +72,10 @@ import yaml
 
 from metaspo_dspy.optimize.common import ConfigError as _OptimizerConfigError
 
-CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+# The shipped configs: inside the installed package (a link to configs/ in a checkout), or the
+# repository's own folder where the link is not followed (e.g. a checkout without symlinks).
+_PACKAGED, _REPOSITORY = Path(__file__).parent / "configs", Path(__file__).resolve().parents[1] / "configs"
+CONFIG_DIR = _PACKAGED if (_PACKAGED / "base.yaml").is_file() else _REPOSITORY
 OVERRIDES = "<overrides>"
 METHODS = ("metaspo", "outer_loop", "metaspo_ape", "protegi", "ape", "none")
 DATA_SOURCES = ("auto", "local", "bigbench", "hub")
@@ -338,7 +342,7 @@ def _check(key: str, value: Any, where: str, from_cli: bool) -> Any:
 
 
 def resolve_path(path: str | os.PathLike) -> Path:
-    """``path`` itself if it exists, else ``configs/<path>.yaml`` of the repository if that exists."""
+    """``path`` itself if it exists, else the shipped ``configs/<path>.yaml`` if that exists."""
     candidate = Path(path)
     if candidate.exists() or candidate.suffix:
         return candidate
