@@ -3,6 +3,8 @@
 Every benchmark writes ``benchmarks/results/<name>.json`` and rewrites its own section of
 ``benchmarks/README.md`` (between ``<!-- name:start -->`` and ``<!-- name:end -->``), so the table
 always shows the last run. Numbers are from the machine that ran them (the header says which).
+``$METASPO_BENCHMARK_OUT`` (a folder) redirects both -- the JSON and a copy of the README -- there,
+so a smoke run (``tests/test_benchmarks.py``) leaves the recorded results alone.
 """
 
 from __future__ import annotations
@@ -17,8 +19,9 @@ from typing import Any
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
 HERE = Path(__file__).resolve().parent
-RESULTS = HERE / "results"
-README = HERE / "README.md"
+_OUT = os.environ.get("METASPO_BENCHMARK_OUT")
+RESULTS = Path(_OUT) if _OUT else HERE / "results"
+README = Path(_OUT) / "README.md" if _OUT else HERE / "README.md"
 DATA_DIR = Path(os.environ.get("METASPO_DATA_DIR", HERE.parents[1] / "shared" / "data"))
 
 

@@ -45,11 +45,11 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="2 tasks x 10 examples, 1 iteration, 16 threads")
     parser.add_argument("--frugal", action="store_true", help="also run with frugal screening (0.2)")
     parser.add_argument("--engine", choices=["litellm", "native"], default="litellm")
-    parser.add_argument("--threads", type=int, default=None, help="concurrency (default 64; 16 with --quick)")
+    parser.add_argument("--threads", type=int, default=None, help="concurrency (default 32; 16 with --quick)")
     parser.add_argument("--latency", type=float, default=0.1)
     parser.add_argument("--name", default="full_run", help="results/<name>.json and README section")
     args = parser.parse_args()
-    args.threads = args.threads or (16 if args.quick else 64)
+    args.threads = args.threads or (16 if args.quick else 32)
     disable_dspy_cache()
     from metaspo_dspy.tasks import load_tasks
 

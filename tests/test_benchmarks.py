@@ -1,0 +1,77 @@
+"""Every benchmark script runs end to end in its --quick mode (so none rots unnoticed), writing its
+JSON and README section into a temporary folder instead of the recorded results. Real subprocesses
+against the real mock server; no timing is asserted, only that each measured what it says."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import DATA_DIR
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+@pytest.fixture(scope="module")
+def out(tmp_path_factory):
+    return tmp_path_factory.mktemp("benchmarks")
+
+
+def _run(out: Path, script: str, *args: str) -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.endswith("_API_KEY")}
+    env.update(METASPO_BENCHMARK_OUT=str(out), METASPO_DATA_DIR=str(DATA_DIR), DSPY_CACHEDIR=str(out / "cache"))
+    result = subprocess.run(
+        [sys.executable, str(BENCHMARKS / f"{script}.py"), "--quick", *args],
+        cwd=BENCHMARKS, env=env, capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    name = args[args.index("--name") + 1] if "--name" in args else script
+    readme = (out / "README.md").read_text()
+    assert f"<!-- {name}:start -->" in readme and f"results/{name}.json" in readme
+    return json.loads((out / f"{name}.json").read_text())
+
+
+def test_throughput(out):
+    data = _run(out, "throughput")
+    rows = {(r["engine"], r["concurrency"]) for r in data["rows"]}
+    assert rows == {(e, c) for e in ("litellm", "native") for c in (1, 8, 32)}
+    for row in data["rows"]:
+        for key in ("ours_calls_per_s", "dspy_evaluate_calls_per_s", "sequential_calls_per_s"):
+            assert 0 < row[key] <= 1.2 * row["ideal_calls_per_s"]
+
+
+def test_layers(out):
+    data = _run(out, "layers")
+    for engine in ("litellm", "native"):
+        layers = data["results"][engine]
+        assert layers["cpu_ms_per_call"] > 0 and layers["ours (metaspo_dspy)"] > 0
+    assert data["results"]["litellm"]["LiteLLM"] > 0 and data["results"]["native"].get("LiteLLM", 0) == 0
+
+
+def test_full_run_and_frugal_screening(out):
+    if not (DATA_DIR / "amazon" / "beauty.json").exists():
+        pytest.skip(f"shared data not found at {DATA_DIR}")
+    data = _run(out, "full_run", "--frugal")
+    faithful, frugal = data["runs"]
+    for run in (faithful, frugal):
+        assert sum(p["task_lm_calls"] for p in run["phases"]) == run["calls"]["task_lm"]
+    assert frugal["calls"]["task_lm"] < faithful["calls"]["task_lm"]
+    assert data["peak_memory_mb"] > 0 and data["sequential_calls_per_s"] > 0
+    assert all(run["speedup_vs_sequential"] > 0 for run in (faithful, frugal))
+
+
+def test_router(out):
+    data = _run(out, "router")
+    assert data["one_server_calls_per_s"] > 0 and data["two_servers_calls_per_s"] > 0
+
+
+def test_ceiling(out):
+    data = _run(out, "ceiling")
+    assert [(r["engine"], r["processes"]) for r in data["rows"]] == [
+        ("litellm", 1), ("litellm", 2), ("native", 1), ("native", 2),
+    ]  # fmt: skip
+    assert all(r["calls_per_s"] > 0 and r["client_cpu_ms_per_call"] > 0 for r in data["rows"])
