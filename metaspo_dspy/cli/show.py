@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 from metaspo_dspy.cli.common import say, table
-from metaspo_dspy.optimize.common import ConfigError
 from metaspo_dspy.presets import PRESETS
+from metaspo_dspy.report.data import load_run
+from metaspo_dspy.report.tables import DECISION_HEADERS, decision_rows
 
 
 def add_parsers(subparsers) -> None:
@@ -22,37 +22,17 @@ def add_parsers(subparsers) -> None:
     tasks.set_defaults(handler=run_tasks)
 
 
-def load_artifact(run_dir: Path) -> dict:
-    for name in ("metaspo_run.json", "checkpoint.json"):
-        path = run_dir / name
-        if path.exists():
-            try:
-                return json.loads(path.read_text(encoding="utf-8"))
-            except json.JSONDecodeError as exc:
-                raise ConfigError(f"{path} is not valid JSON ({exc})") from None
-    raise ConfigError(f"{run_dir} holds no MetaSPO run (no metaspo_run.json or checkpoint.json)")
-
-
 def run_show(args: argparse.Namespace) -> int:
-    artifact = load_artifact(args.run_dir)
+    artifact = load_run(args.run_dir)
     state = "finished" if artifact.get("complete", True) else "not finished (resume with metaspo train --resume)"
     say(f"run {args.run_dir}: {artifact['method']}, {state}")
     steps = [
         [s["phase"], "-" if s["iteration"] is None else s["iteration"] + 1, s["meta_score"]] for s in artifact["steps"]
     ]
     say(table(steps, ["step", "iteration", "meta-score"]))
-    decisions = [
-        [
-            d["iteration"] + 1,
-            d["candidate"],
-            d["meta_score"],
-            d["incumbent_meta_score"],
-            "accepted" if d["accepted"] else "rejected",
-        ]
-        for d in artifact["outer_decisions"]
-    ]
+    decisions = decision_rows(artifact)
     if decisions:
-        say(table(decisions, ["iteration", "candidate", "meta-score", "incumbent", "decision"]))
+        say(table(decisions, DECISION_HEADERS))
     rows = [[t, e["best_node"], e["train_score"], e["test_score"]] for t, e in artifact["tasks"].items()]
     say(table(rows, ["task", "best node", "train", "test"]))
     calls = artifact["calls"]

@@ -46,20 +46,24 @@ def steps_table(artifact: Mapping[str, Any]) -> str:
     return _md_table(rows, ["step", "phase", "meta-score", "system prompt changed"])
 
 
+DECISION_HEADERS = ["iteration", "candidate", "meta-score", "incumbent", "decision"]
+
+
+def decision_rows(artifact: Mapping[str, Any], width: int | None = None) -> list[list[Any]]:
+    """One row per outer-loop candidate (``DECISION_HEADERS``), plus its system prompt cut to
+    ``width`` characters when a width is given."""
+    rows = []
+    for d in artifact.get("outer_decisions", []):
+        row = [d["iteration"] + 1, d["candidate"], d["meta_score"], d["incumbent_meta_score"]]
+        row.append("accepted" if d["accepted"] else "rejected")
+        rows.append(row if width is None else [*row, _short(d["system_prompt"], width)])
+    return rows
+
+
 def decisions_table(artifact: Mapping[str, Any], width: int = 70) -> str:
     """Markdown: every outer-loop candidate with its meta-score and fate."""
-    rows = [
-        [
-            d["iteration"] + 1,
-            d["candidate"],
-            d["meta_score"],
-            d["incumbent_meta_score"],
-            "accepted" if d["accepted"] else "rejected",
-            _short(d["system_prompt"], width),
-        ]
-        for d in artifact.get("outer_decisions", [])
-    ]
-    return _md_table(rows, ["iteration", "candidate", "meta-score", "incumbent", "decision", "system prompt"])
+    rows = decision_rows(artifact, width)
+    return _md_table(rows, [*DECISION_HEADERS, "system prompt"])
 
 
 def task_table(artifact: Mapping[str, Any], width: int = 70) -> str:
