@@ -17,7 +17,7 @@ from metaspo_dspy.cli.common import (
     say,
     table,
 )
-from metaspo_dspy.cli.models import build_models
+from metaspo_dspy.cli.models import add_preflight_argument, build_models, check_models
 from metaspo_dspy.io import atomic_write_json
 from metaspo_dspy.meta_test import test_time_adaptation, unseen_generalization
 from metaspo_dspy.optimize.common import ConfigError
@@ -64,6 +64,7 @@ def add_parser(subparsers) -> None:
     )
     parser.add_argument("--tta-iterations", type=int, help="ProTeGi rounds for test-time adaptation (paper: 6)")
     parser.add_argument("--log-dir", type=Path, help="where results go (default: runs/test-<time>)")
+    add_preflight_argument(parser)
     parser.set_defaults(handler=run)
 
 
@@ -77,6 +78,8 @@ def run(args: argparse.Namespace) -> int:
     models = build_models(config) if _needs_optimizer(args) else build_models(config, task_only=True)
     stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
     log_dir = args.log_dir or Path("runs") / f"test-{stamp}"
+    if args.preflight:
+        check_models(models)
     log_dir.mkdir(parents=True, exist_ok=True)
     say(
         f"{'unseen generalization' if args.analysis == 'unseen' else 'test-time adaptation'} on "

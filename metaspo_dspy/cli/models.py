@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 from dataclasses import dataclass
 from typing import Any
 
@@ -81,3 +82,27 @@ def build_models(config: RunConfig, task_only: bool = False) -> Models:
         optimizer_label=optimizer_lm.model if optimizer_lm is not None else "(none)",
         max_threads=EMBEDDED_MAX_THREADS if task_embedded else None,
     )
+
+
+def add_preflight_argument(parser: argparse.ArgumentParser) -> None:
+    """``--no-preflight``: skip the one-request check of each model before the run."""
+    parser.add_argument(
+        "--no-preflight",
+        dest="preflight",
+        action="store_false",
+        help="do not send the one-request check to each model before starting (by default a dead server, "
+        "a rejected key or an unknown model ends the command in seconds, before any work is paid for)",
+    )
+
+
+def check_models(models: Models) -> None:
+    """Preflight: one tiny uncached request to each distinct model; one line on stderr.
+
+    Raises :class:`~metaspo_dspy.lm.preflight.PreflightError` (exit 2) for a model that is not
+    usable. These requests are not counted in the run's calls.
+    """
+    from metaspo_dspy.cli.common import say
+    from metaspo_dspy.lm.preflight import preflight
+
+    results = preflight([("task", models.task_lm), ("optimizer", models.optimizer_lm)])
+    say("  preflight: " + "; ".join(r.describe() for r in results) + " (not counted in the run's calls)")

@@ -18,7 +18,7 @@ from metaspo_dspy.cli.common import (
     say,
     table,
 )
-from metaspo_dspy.cli.models import build_models
+from metaspo_dspy.cli.models import add_preflight_argument, build_models, check_models
 from metaspo_dspy.config import RunConfig, load_config
 from metaspo_dspy.estimate import estimate_calls, estimate_tokens_and_cost
 from metaspo_dspy.io import atomic_write_json
@@ -53,6 +53,7 @@ def add_parser(subparsers) -> None:
     parser.add_argument(
         "--resume", type=Path, metavar="RUN_DIR", help="continue the run in RUN_DIR with its recorded settings"
     )
+    add_preflight_argument(parser)
     parser.set_defaults(handler=run)
 
 
@@ -68,6 +69,7 @@ _RESUME_OK = {
     "set",
     "max_lm_calls",
     "max_cost",
+    "preflight",
 }
 
 
@@ -83,7 +85,8 @@ def _config(args: argparse.Namespace) -> tuple[RunConfig, Path, bool]:
     if given or args.config or args.set:
         names = ", ".join("--" + k.replace("_", "-") for k in given) or "--config/--set"
         raise ConfigError(
-            f"--resume uses the run's recorded settings; drop {names} (only --threads/--quiet may change)"
+            f"--resume uses the run's recorded settings; drop {names} "
+            "(only --threads/--quiet/--max-lm-calls/--max-cost/--no-preflight may change)"
         )
     saved = args.resume / "config.json"
     if not saved.exists():
@@ -116,19 +119,12 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"metaspo train runs method metaspo, outer_loop or metaspo_ape, not {config.method!r}")
     tasks = config_tasks(config, config.tasks.source)
     models = build_models(config)
-    if not resume:
-        if (run_dir / "run.json").exists():
-            raise RunDirError(
-                f"{run_dir} already holds a run; continue it with `metaspo train --resume {run_dir}` "
-                "or choose another --log-dir"
-            )
-        try:
-            run_dir.mkdir(parents=True, exist_ok=True)
-            atomic_write_json(run_dir / "config.json", config.to_dict())
-        except OSError as exc:
-            raise RunDirError(
-                f"cannot write to log dir {run_dir}: {exc.strerror or exc}; choose a writable folder"
-            ) from None
+    if not resume and (run_dir / "run.json").exists():
+        raise RunDirError(
+            f"{run_dir} already holds a run; continue it with `metaspo train --resume {run_dir}` "
+            "or choose another --log-dir"
+        )
+    tp = _optimizer(config, models, run_dir, resume, args)  # validates every setting before any call
     estimate = estimate_calls(
         config.method,
         config.search.num_iterations,
@@ -151,9 +147,29 @@ def run(args: argparse.Namespace) -> int:
     )  # fmt: skip
     price = f", about ${rough['cost']:.2f} at LiteLLM's prices" if rough["cost"] else ""
     say(f"  roughly {rough['tokens'] / 1e6:.2f}M tokens{price}")
+    for warning in tp.budget_warnings():
+        say(f"  warning: {warning}")
+    if args.preflight:
+        check_models(models)
+    if not resume:
+        try:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            atomic_write_json(run_dir / "config.json", config.to_dict())
+        except OSError as exc:
+            raise RunDirError(
+                f"cannot write to log dir {run_dir}: {exc.strerror or exc}; choose a writable folder"
+            ) from None
     say(f"  run directory: {run_dir}{'  (resuming)' if resume else ''}")
     started = time.perf_counter()
-    tp = MetaSPO(
+    best = tp.compile(**compile_kwargs(tasks))
+    _summary(best.detailed_results, run_dir, time.perf_counter() - started)
+    print(best.system_prompt.text)
+    return 0
+
+
+def _optimizer(config: RunConfig, models, run_dir: Path, resume: bool, args: argparse.Namespace) -> MetaSPO:
+    """The MetaSPO teleprompter for this run (its constructor checks every setting)."""
+    return MetaSPO(
         optimizer_lm=models.optimizer_lm,
         task_lm=models.task_lm,
         method=config.method,
@@ -176,10 +192,6 @@ def run(args: argparse.Namespace) -> int:
         screening=config.search.screening,
         screening_keep=config.search.screening_keep,
     )
-    best = tp.compile(**compile_kwargs(tasks))
-    _summary(best.detailed_results, run_dir, time.perf_counter() - started)
-    print(best.system_prompt.text)
-    return 0
 
 
 def _phase_printer(config: RunConfig):

@@ -76,6 +76,26 @@ def _local_providers() -> dict[str, Callable[[], None]]:
     return {"embedded": embedded, "metaspo-fake": fake}
 
 
+def _check_api_base(api_base: Any) -> None:
+    """``api_base`` must be an http(s) URL with a host (a missing scheme is the usual slip)."""
+    from urllib.parse import urlsplit
+
+    if not isinstance(api_base, str) or not api_base.strip():
+        raise ModelConfigError(f"api_base must be a URL or None, got {api_base!r}")
+    try:
+        parts = urlsplit(api_base.strip())
+        parts.port  # noqa: B018 - raises ValueError for a malformed port
+    except ValueError as exc:
+        raise ModelConfigError(f"api_base {api_base!r} is not a valid URL ({exc})") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        hint = f"; did you mean 'http://{api_base.strip()}'?" if "://" not in api_base else ""
+        raise ModelConfigError(
+            f"api_base {api_base!r} is not an http(s) URL with a host, such as 'http://localhost:8000/v1'{hint}"
+        )
+    if any(c.isspace() for c in api_base.strip()):
+        raise ModelConfigError(f"api_base {api_base!r} contains white space")
+
+
 def _secret_entries(mapping: Mapping[str, Any], where: str) -> list[str]:
     found = []
     for key, value in mapping.items():
@@ -132,8 +152,13 @@ class LMSettings:
             raise ModelConfigError(f"num_retries must be a non-negative integer, got {self.num_retries!r}")
         if self.engine not in ENGINES:
             raise ModelConfigError(f"engine must be one of {ENGINES}, got {self.engine!r}")
-        if self.api_base is not None and (not isinstance(self.api_base, str) or not self.api_base.strip()):
-            raise ModelConfigError(f"api_base must be a URL or None, got {self.api_base!r}")
+        if any(c.isspace() for c in self.model):
+            raise ModelConfigError(
+                f"model {self.model!r} contains white space; a model string is '<provider>/<model>' without "
+                "spaces, e.g. 'openai/gpt-4o-mini'"
+            )
+        if self.api_base is not None:
+            _check_api_base(self.api_base)
         if self.api_key_env is not None and (
             not isinstance(self.api_key_env, str) or not _ENV_NAME.match(self.api_key_env)
         ):

@@ -112,9 +112,9 @@ class BilevelRun(SearchBase):
             return
         used_calls = sum(p.task_lm_calls + p.optimizer_calls for p in self.phases)
         usage = total_usage(self.phases)
-        calls = planned["task"] + planned["optimizer"]
-        per_call = usage["cost"] / used_calls if usage["cost"] is not None and used_calls else None
-        reason = budget.refusal(used_calls, usage["cost"], calls, per_call, phase)
+        reason = budget.refusal(
+            phase, used_calls, usage["task_lm"], usage["optimizer_lm"], planned["task"], planned["optimizer"]
+        )
         if reason is not None:
             raise BudgetStop(f"stopped before the {phase} phase: {reason}; the result is the best found so far")
 

@@ -17,6 +17,8 @@ proposes APE-style (input/output pairs) in both loops. All evaluation of a step 
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -25,7 +27,9 @@ import dspy
 from dspy.teleprompt.teleprompt import Teleprompter
 
 from metaspo_dspy.adapters import make_adapter
-from metaspo_dspy.budget import Budget
+from metaspo_dspy.budget import Budget, is_priced
+from metaspo_dspy.lm.preflight import check_lm, preflight
+from metaspo_dspy.lm.settings import ModelConfigError
 from metaspo_dspy.metrics import Metric
 from metaspo_dspy.optimize.artifact import reference_bilevel_nodes
 from metaspo_dspy.optimize.bilevel import BilevelRun
@@ -33,6 +37,7 @@ from metaspo_dspy.optimize.common import ConfigError, PhaseLog, TaskRun, check_e
 from metaspo_dspy.program import DEFAULT_SYSTEM_PROMPT, MetaSPOProgram, SystemPrompt
 
 METHODS = ("metaspo", "outer_loop", "metaspo_ape")
+logger = logging.getLogger(__name__)
 __all__ = ["METHODS", "MetaSPO", "reference_bilevel_nodes"]
 
 
@@ -82,6 +87,11 @@ class MetaSPO(Teleprompter):
         resume: continue the run recorded in ``log_dir`` (same settings required): completed
             evaluations and proposals are read back from its journals, not asked again.
         progress: show progress bars.
+        preflight: before any other call, send one tiny uncached request to the task and the
+            optimizer LM (once each when they differ) and raise
+            :class:`~metaspo_dspy.lm.preflight.PreflightError` if one is unreachable, rejects its
+            key, does not know the model or answers with nothing. Not counted in ``calls`` or
+            ``phases``. Off by default here; the CLI turns it on (``--no-preflight`` to skip).
         phase_callback: called with each finished phase's :class:`PhaseLog` (calls, tokens, cost,
             time, the meta-score after it) once its checkpoint is written, e.g.
             to stream progress into a notebook.
@@ -115,12 +125,18 @@ class MetaSPO(Teleprompter):
         max_cost: float | None = None,
         screening: float | None = None,
         screening_keep: float = 0.5,
+        preflight: bool = False,
     ):
         super().__init__()
         if method not in METHODS:
             raise ConfigError(f"method must be one of {METHODS}, got {method!r}")
         if instructions_in not in ("user", "system"):
             raise ConfigError(f"instructions_in must be 'user' or 'system', got {instructions_in!r}")
+        try:
+            check_lm(optimizer_lm, "optimizer_lm")
+            check_lm(task_lm, "task_lm")
+        except ModelConfigError as exc:
+            raise ConfigError(str(exc)) from None
         self.metric = metric
         self.optimizer_lm = optimizer_lm
         self.task_lm = task_lm
@@ -143,6 +159,12 @@ class MetaSPO(Teleprompter):
         self.num_wrong_user = _positive("num_wrong_user", num_wrong_user)
         self.num_wrong_system = _positive("num_wrong_system", num_wrong_system)
         self.max_prompt_chars = _positive("max_prompt_chars", max_prompt_chars)
+        if len(initial) > self.max_prompt_chars:
+            raise ConfigError(
+                f"initial_system_prompt has {len(initial):,} characters, more than max_prompt_chars="
+                f"{self.max_prompt_chars:,} (proposals longer than that are discarded too); shorten it or raise "
+                "max_prompt_chars"
+            )
         self.log_dir = Path(log_dir) if log_dir is not None else None
         self.progress = progress
         self.phase_callback = phase_callback
@@ -162,6 +184,19 @@ class MetaSPO(Teleprompter):
             raise ConfigError(str(exc)) from None
         if resume and log_dir is None:
             raise ConfigError("resume=True needs log_dir=<the run directory to continue>")
+        self.preflight = bool(preflight)
+        self._warned: set[str] = set()
+
+    def budget_warnings(self) -> list[str]:
+        """What the budget cannot enforce (``max_cost`` with a model LiteLLM cannot price), and marks
+        them as said; ``compile`` logs the ones not fetched here."""
+        lms = (self.task_lm or dspy.settings.lm, self.optimizer_lm)
+        if self.budget.max_cost is not None:
+            unpriced = sorted({lm.model for lm in lms if lm is not None and not is_priced(lm.model)})
+            self.budget = dataclasses.replace(self.budget, unpriced_models=tuple(unpriced))
+        found = self.budget.warnings()
+        self._warned.update(found)
+        return found
 
     # -- public ------------------------------------------------------------------------------
     def compile(
@@ -186,14 +221,39 @@ class MetaSPO(Teleprompter):
         if kwargs:
             raise ConfigError(f"unexpected compile() arguments {sorted(kwargs)}; see MetaSPO.compile's docstring")
         tasks = self._task_runs(program, trainsets, testsets, metrics, user_prompt_suffixes)
+        self._check_context_window(self.task_lm or dspy.settings.lm)
+        said = set(self._warned)
+        for warning in self.budget_warnings():
+            if warning not in said:
+                logger.warning(warning)
         initial = sum(len(task.trainset) for task in tasks.values())
         if self.budget.max_lm_calls is not None and initial > self.budget.max_lm_calls:
             raise ConfigError(
                 f"max_lm_calls={self.budget.max_lm_calls} does not cover even the initial evaluation "
                 f"({initial} calls); raise the budget or use fewer train examples"
             )
+        if self.preflight:
+            for result in preflight([("task", self.task_lm or dspy.settings.lm), ("optimizer", self.optimizer_lm)]):
+                logger.info("preflight: %s", result.describe())
         run = BilevelRun(self, tasks)
         return run.execute()
+
+    def _check_context_window(self, lm: Any) -> None:
+        """Refuse an initial system prompt that cannot fit the task model's context window (where
+        LiteLLM knows the window) before any call is made."""
+        import litellm
+
+        model = getattr(lm, "model", None)
+        try:
+            window = litellm.get_model_info(model).get("max_input_tokens") if model else None
+            tokens = litellm.token_counter(model=model, text=self.initial_system_prompt) if window else 0
+        except Exception:  # unknown model (local servers, the embedded model): max_prompt_chars applies
+            return
+        if window and tokens >= window:
+            raise ConfigError(
+                f"initial_system_prompt has about {tokens:,} tokens, more than the {window:,}-token context window "
+                f"of {model!r}; shorten it"
+            )
 
     # -- set-up ------------------------------------------------------------------------------
     def _task_runs(self, program, trainsets, testsets, metrics, suffixes) -> dict[str, TaskRun]:

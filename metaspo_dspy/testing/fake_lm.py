@@ -36,6 +36,8 @@ from collections import Counter
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from metaspo_dspy.lm.preflight import PROBE as PREFLIGHT_PROBE
+
 PROVIDER = "metaspo-fake"
 OPTIMIZER_FIELDS = {
     "user_prompt_analysis",
@@ -86,6 +88,8 @@ class Request:
         else:
             self.format = "xml"
         self.kind = "optimizer" if OPTIMIZER_FIELDS & set(self.outputs) else "task"
+        if self.format == "raw" and self.user.strip() == PREFLIGHT_PROBE:
+            self.kind = "preflight"  # metaspo_dspy.lm.preflight's connection check, counted apart
         self.inputs, self.instructions = self._parse_user()
         if self.format == "raw":
             self.system_prompt = self.system
@@ -213,6 +217,8 @@ class FakeEngine:
         replaced = self.override(request) if self.override else None
         if replaced is not None:
             text = replaced
+        elif request.kind == "preflight":
+            text = "OK"
         elif request.kind == "optimizer":
             text = _render(request, self._optimizer_values(request))
         else:
