@@ -13,11 +13,23 @@ gold answers from ``--gold FILE`` or ``$METASPO_FAKE_GOLD``). Options:
   never comes within ``--hang`` seconds) and 200s whose content is not what the adapter expects.
   Faults are drawn from a hash of (request, attempt number of that request), so a retry of a failed
   request can succeed, and the same run gets the same faults;
+* ``--empty-choices-rate``, ``--empty-content-rate``, ``--truncate-rate``: 200s with
+  ``"choices": []``, with message content ``null``, or with the content cut in half and
+  ``finish_reason: "length"`` (faults ``empty_choices``, ``empty_content``, ``truncated``);
+* ``--rate-limit-rate F`` with ``--retry-after S``: HTTP 429 with a ``Retry-After: S`` header
+  (fault ``rate_limited``). All rates above share one draw per (request, attempt): they are
+  cumulative slices of [0, 1) and must sum to at most 1;
+* ``--status CODE``: every chat request answers HTTP ``CODE`` with an OpenAI-style error body
+  (e.g. 401, 403, 404; fault ``status_CODE``), before any draw;
+* ``--start-delay S``: every request in the first S seconds after start answers 503 (a
+  still-starting server; fault ``starting``), before any draw;
+* ``--echo-auth``: every error body the server sends (injected 500s, 429s, 503s, ``--status``,
+  hangs) repeats the request's ``Authorization`` header value, as some servers do;
 * ``--log FILE``: one JSON line per request (time, digest, kind, status, fault) -- the server's own
   record, used by tests to check that every fault was seen by the client.
 
-``GET /stats`` returns counts by kind and fault. Every loop stops by itself: ``--max-seconds``
-(default one hour) ends the server.
+``GET /stats`` returns counts by kind, status and fault (``fault:<name>``). Every loop stops by
+itself: ``--max-seconds`` (default one hour) ends the server.
 """
 
 from __future__ import annotations
@@ -46,18 +58,34 @@ class MockState:
         self.log = open(args.log, "a", encoding="utf-8") if args.log else None  # noqa: SIM115
         self.semaphore = asyncio.Semaphore(args.max_concurrency) if args.max_concurrency else None
         self.in_flight = 0
+        self.started = time.monotonic()
 
     def fault(self, digest: str) -> str | None:
+        """The fault injected into this attempt of the request ``digest`` (None: answer normally).
+
+        ``--start-delay`` and ``--status`` come first and consume no draw; the rates are
+        consecutive slices of one hash draw of (digest, attempt number, seed)."""
+        a = self.args
+        if time.monotonic() - self.started < a.start_delay:
+            return "starting"
+        if a.status:
+            return f"status_{a.status}"
         attempt = self.attempts[digest]
         self.attempts[digest] += 1
-        draw = unit("fault", digest, attempt, self.args.seed)
-        a = self.args
-        if draw < a.error_rate:
-            return "http_500"
-        if draw < a.error_rate + a.timeout_rate:
-            return "timeout"
-        if draw < a.error_rate + a.timeout_rate + a.garbage_rate:
-            return "garbage"
+        draw = unit("fault", digest, attempt, a.seed)
+        edge = 0.0
+        for name, rate in (
+            ("http_500", a.error_rate),
+            ("timeout", a.timeout_rate),
+            ("garbage", a.garbage_rate),
+            ("empty_choices", a.empty_choices_rate),
+            ("empty_content", a.empty_content_rate),
+            ("truncated", a.truncate_rate),
+            ("rate_limited", a.rate_limit_rate),
+        ):
+            edge += rate
+            if draw < edge:
+                return name
         return None
 
     def record(self, digest: str, kind: str, status: int, fault: str | None) -> None:
@@ -72,16 +100,48 @@ class MockState:
             self.log.flush()
 
 
-def _completion(model: str, text: str) -> dict[str, Any]:
-    words = max(1, len(text.split()))
+def _completion(model: str, text: str | None, fault: str | None = None) -> dict[str, Any]:
+    """An OpenAI chat completion answering ``text``, shaped by a content fault (``empty_choices``,
+    ``empty_content``, ``truncated``) when one was drawn."""
+    finish = "stop"
+    if fault == "empty_content":
+        text = None
+    elif fault == "truncated":
+        text, finish = (text or "")[: len(text or "") // 2], "length"
+    words = max(1, len((text or "").split()))
+    choices = [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish}]
     return {
         "id": "chatcmpl-mock",
         "object": "chat.completion",
         "created": int(time.time()),
         "model": model,
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
+        "choices": [] if fault == "empty_choices" else choices,
         "usage": {"prompt_tokens": 10, "completion_tokens": words, "total_tokens": 10 + words},
     }
+
+
+_ERRORS = {
+    400: ("invalid_request_error", "bad request"),
+    401: ("invalid_request_error", "Incorrect API key provided"),
+    403: ("permission_denied", "You are not allowed to use this model"),
+    404: ("not_found_error", "The model does not exist"),
+    429: ("rate_limit_error", "Rate limit reached, retry later"),
+    500: ("server_error", "injected server error"),
+    503: ("service_unavailable", "The server is starting, try again shortly"),
+    504: ("timeout", "hung"),
+}
+
+
+def _error(status: int, authorization: str | None, headers: dict[str, str] | None = None):
+    """An OpenAI-style error response; with ``--echo-auth`` (``authorization`` not None) the message
+    repeats the request's Authorization header."""
+    from aiohttp import web
+
+    kind, message = _ERRORS.get(status, ("api_error", f"error {status}"))
+    if authorization is not None:
+        message += f" (request Authorization: {authorization})"
+    body = {"error": {"message": message, "type": kind, "param": None, "code": str(status)}}
+    return web.json_response(body, status=status, headers=headers)
 
 
 def make_app(state: MockState):
@@ -92,10 +152,15 @@ def make_app(state: MockState):
         messages = body.get("messages", [])
         params = {k: v for k, v in body.items() if k not in ("messages", "model")}
         digest = short_hash(messages, params.get("seed"))
+        auth = request.headers.get("Authorization", "") if state.args.echo_auth else None
         fault = state.fault(digest)
+        if fault == "starting" or (fault or "").startswith("status_"):
+            status = 503 if fault == "starting" else state.args.status
+            state.record(digest, Request(messages, params).kind, status, fault)
+            return _error(status, auth)
         if state.semaphore is not None and state.args.reject_over_cap and state.semaphore.locked():
             state.record(digest, "rejected", 429, None)
-            return web.json_response({"error": {"message": "over capacity"}}, status=429)
+            return _error(429, auth)
         if state.semaphore is not None:
             await state.semaphore.acquire()
         try:
@@ -108,14 +173,17 @@ def make_app(state: MockState):
             if fault == "timeout":
                 state.record(digest, kind, 0, fault)
                 await asyncio.sleep(a.hang)
-                return web.json_response({"error": {"message": "hung"}}, status=504)
+                return _error(504, auth)
             if fault == "http_500":
                 state.record(digest, kind, 500, fault)
-                return web.json_response({"error": {"message": "injected server error"}}, status=500)
+                return _error(500, auth)
+            if fault == "rate_limited":
+                state.record(digest, kind, 429, fault)
+                return _error(429, auth, headers={"Retry-After": _seconds(a.retry_after)})
             if fault == "garbage":
                 text = "<<garbage: the server mangled this completion>>"
             state.record(digest, kind, 200, fault)
-            return web.json_response(_completion(body.get("model", "mock"), text))
+            return web.json_response(_completion(body.get("model", "mock"), text, fault))
         finally:
             if state.semaphore is not None:
                 state.semaphore.release()
@@ -133,6 +201,11 @@ def make_app(state: MockState):
     app.router.add_get("/stats", stats)
     app.router.add_get("/health", lambda r: web.json_response({"ok": True}))
     return app
+
+
+def _seconds(value: float) -> str:
+    """A Retry-After header value: whole seconds as an integer, else a decimal."""
+    return str(int(value)) if float(value).is_integer() else str(value)
 
 
 async def serve(args: argparse.Namespace) -> None:
@@ -186,6 +259,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--error-rate", type=float, default=0.0)
     p.add_argument("--timeout-rate", type=float, default=0.0)
     p.add_argument("--garbage-rate", type=float, default=0.0)
+    p.add_argument("--empty-choices-rate", type=float, default=0.0, help='200 with "choices": []')
+    p.add_argument("--empty-content-rate", type=float, default=0.0, help="200 with message content null")
+    p.add_argument("--truncate-rate", type=float, default=0.0, help='200, content halved, finish_reason "length"')
+    p.add_argument("--rate-limit-rate", type=float, default=0.0, help="HTTP 429 with a Retry-After header")
+    p.add_argument("--retry-after", type=float, default=1.0, help="the Retry-After seconds of --rate-limit-rate")
+    p.add_argument("--status", type=int, default=0, help="every chat request answers this HTTP status (0: off)")
+    p.add_argument("--start-delay", type=float, default=0.0, help="answer 503 for this many seconds after start")
+    p.add_argument("--echo-auth", action="store_true", help="error bodies repeat the Authorization header")
     p.add_argument("--hang", type=float, default=30.0, help="seconds an injected timeout hangs")
     p.add_argument("--seed", type=int, default=0, help="fault and latency draws")
     p.add_argument("--gold", help="JSON {question: answer} for correct answers")
