@@ -8,6 +8,7 @@ import pytest
 from conftest import exact_metric, load_examples
 
 from metaspo_dspy import ConfigError, MetaSPO
+from metaspo_dspy.budget import priced_cost
 from metaspo_dspy.estimate import estimate_calls
 from metaspo_dspy.testing import FakeEngine, fake_lm
 
@@ -80,7 +81,46 @@ def test_estimate_matches_the_reference_counts():
 @pytest.mark.parametrize(("kwargs", "message"), [({"max_lm_calls": 0}, "max_lm_calls"), ({"max_cost": -1}, "max_cost")])
 def test_bad_budgets(kwargs, message):
     with pytest.raises(ConfigError, match=message):
-        MetaSPO(exact_metric, object(), **kwargs)
+        MetaSPO(exact_metric, fake_lm("bad-budget", FakeEngine()), **kwargs)
+
+
+def test_max_cost_enforces_the_priced_part_and_names_the_unpriced_model(data_dir, caplog):
+    """A local (unpriced) task model and a priced optimizer: max_cost still stops the run on the
+    optimizer's spending, and the unpriced model is named before the run and in the artifact."""
+    train, gold = _train(data_dir)
+    engine = FakeEngine(gold=gold)
+    litellm.register_model(
+        {
+            "metaspo-fake/priced-optimizer-only": {
+                "input_cost_per_token": 1e-4,
+                "output_cost_per_token": 2e-4,
+                "mode": "chat",
+                "litellm_provider": "metaspo-fake",
+            }
+        }
+    )
+    task_lm = fake_lm("local-task", engine, temperature=0.0)
+    opt_lm = fake_lm("priced-optimizer-only", engine, temperature=1.0)
+    full = MetaSPO(exact_metric, opt_lm, task_lm, **SMALL).compile(dspy.Predict(SIG), trainsets=train)
+    inner = next(p for p in full.detailed_results["phases"] if p["phase"] == "inner")
+    inner_cost = priced_cost(inner["optimizer_usage"])
+    assert inner_cost > 0
+    assert full.detailed_results["usage"]["cost"] is None, "the total stays unknown: one model is unpriced"
+
+    tp = MetaSPO(exact_metric, opt_lm, task_lm, max_cost=inner_cost * 0.5, **SMALL)
+    (warning,) = tp.budget_warnings()
+    assert "'metaspo-fake/local-task'" in warning and "priced-optimizer-only" not in warning
+    with caplog.at_level("WARNING"):
+        stopped = tp.compile(dspy.Predict(SIG), trainsets=train)
+    assert warning not in caplog.text, "said once: budget_warnings() already returned it"
+    artifact = stopped.detailed_results
+    assert artifact["stopped"].startswith("stopped before the outer phase: max_cost=$"), artifact["stopped"]
+    assert artifact["budget"]["unpriced_models"] == ["metaspo-fake/local-task"]
+    assert engine.counts["task"] > 0
+
+    with caplog.at_level("WARNING"):
+        MetaSPO(exact_metric, opt_lm, task_lm, max_cost=1.0, **SMALL).compile(dspy.Predict(SIG), trainsets=train)
+    assert "LiteLLM has no price for 'metaspo-fake/local-task'" in caplog.text
 
 
 def test_frugal_screening_saves_calls_and_records_screened_out_candidates(data_dir, engine_factory):
