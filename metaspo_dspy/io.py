@@ -1,4 +1,9 @@
-"""Small file helpers: atomic writes (temp file in the same folder, then rename)."""
+"""Small file helpers: atomic writes (temp file in the same folder, then rename), UTF-8 reads.
+
+Errors keep their file: an ``OSError`` raised while writing (disk full, permission denied, ...)
+always carries the path being written in ``filename``, so a caller can say which file failed and
+why; a file that is not UTF-8 raises :class:`NotUtf8Error` naming the file and the fix.
+"""
 
 from __future__ import annotations
 
@@ -9,12 +14,46 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+_UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")
+
+
+class NotUtf8Error(ValueError):
+    """A text file that is not UTF-8; the message names the file, the offending byte and the fix."""
+
+    def __init__(self, path: str | Path, data: bytes, exc: UnicodeDecodeError):
+        if data.startswith(_UTF16_BOMS):
+            what = "it is UTF-16 encoded"
+        else:
+            what = f"byte 0x{data[exc.start]:02x} at offset {exc.start} is not valid UTF-8 (Latin-1 or Windows-1252?)"
+        super().__init__(f"{path} is not UTF-8 text: {what}; save it as UTF-8 (a UTF-8 BOM is accepted)")
+        self.path = Path(path)
+
+
+def read_text(path: str | Path) -> str:
+    """The text of a UTF-8 file (a leading UTF-8 BOM is dropped).
+
+    Raises :class:`NotUtf8Error` for any other encoding and ``OSError`` when unreadable.
+    """
+    data = Path(path).read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise NotUtf8Error(path, data, exc) from None
+
+
+def with_filename(exc: OSError, path: str | Path) -> OSError:
+    """``exc`` itself when it names a file, else an equivalent ``OSError`` (same errno, hence the
+    same subclass) naming ``path``."""
+    if exc.filename is not None or exc.errno is None:
+        return exc
+    return OSError(exc.errno, exc.strerror or os.strerror(exc.errno), str(path))
+
 
 def atomic_write_text(path: str | Path, text: str) -> None:
     """Write ``text`` to ``path`` so that readers see the old file or the new one, never a part.
 
-    Creates missing parent folders. Raises ``OSError`` (with the path) when the folder is not
-    writable; no temporary file is left behind.
+    Creates missing parent folders. Raises ``OSError`` naming ``path`` (or the temporary file) when
+    the folder is not writable or the disk is full; no temporary file is left behind.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -25,9 +64,11 @@ def atomic_write_text(path: str | Path, text: str) -> None:
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        if isinstance(exc, OSError) and exc.filename is None:
+            raise with_filename(exc, path) from exc
         raise
 
 

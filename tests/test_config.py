@@ -154,3 +154,91 @@ def test_to_dict_round_trips_through_yaml(tmp_path):
     path = Path(tmp_path / "saved.yaml")
     path.write_text(yaml.safe_dump(data), encoding="utf-8")
     assert load_config(path).to_dict() | {"sources": None} == data | {"sources": None}
+
+
+@pytest.mark.parametrize(
+    ("text", "needle"),
+    [
+        (
+            "search:\n  num_iterations: 1\nseed: 3\nsearch:\n  user_top_k: 2\n",
+            "key 'search' at line 4 (first given at line 1)",
+        ),
+        (
+            "search:\n  num_iterations: 1\n  num_iterations: 2\n",
+            "key 'num_iterations' at line 3 (first given at line 2)",
+        ),
+        ("tasks: {source: [beauty], source: [game]}\n", "key 'source' at line 1 (first given at line 1)"),
+    ],
+)
+def test_a_duplicate_key_names_the_key_and_the_line(tmp_path, text, needle):
+    path = tmp_path / "dup.yaml"
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(ConfigError) as info:
+        load_config("base", "review", path)
+    assert str(path) in str(info.value) and "duplicate " + needle in str(info.value)
+
+
+def test_merge_keys_still_override(tmp_path):
+    path = tmp_path / "merge.yaml"
+    path.write_text("common: &c {num_iterations: 1, user_top_k: 2}\n", encoding="utf-8")
+    assert "unknown key 'common'" in _error(lambda: load_config("review", path))
+    path.write_text("search:\n  <<: {num_iterations: 1, user_top_k: 2}\n  num_iterations: 4\n", encoding="utf-8")
+    config = load_config("base", "review", path)
+    assert (config.search.num_iterations, config.search.user_top_k) == (4, 2)
+
+
+def _error(call) -> str:
+    with pytest.raises(ConfigError) as info:
+        call()
+    return str(info.value)
+
+
+def test_encodings_utf8_with_bom_is_read_utf16_and_latin1_are_named(tmp_path):
+    path = tmp_path / "enc.yaml"
+    path.write_bytes("\ufeffsearch:\n  num_iterations: 5\n# café\n".encode())
+    assert load_config("base", "review", path).search.num_iterations == 5
+    path.write_bytes("search:\n  num_iterations: 5\n".encode("utf-16"))
+    assert f"{path} is not UTF-8 text: it is UTF-16 encoded" in _error(lambda: load_config("review", path))
+    path.write_bytes("initial_system_prompt: Vous êtes utile\n".encode("latin-1"))
+    assert "byte 0xea at offset 28 is not valid UTF-8" in _error(lambda: load_config("review", path))
+
+
+@pytest.mark.parametrize(
+    ("override", "needle"),
+    [
+        ("search.screening=1.5", "'search.screening' must be in (0, 1), got 1.5"),
+        ("search.screening=0", "'search.screening' must be in (0, 1)"),
+        ("search.screening_keep=0", "'search.screening_keep' must be in (0, 1]"),
+        ("budget.max_failure_share=1.01", "'budget.max_failure_share' must be in [0, 1]"),
+        ("budget.max_cost=0", "'budget.max_cost' must be > 0"),
+        ("budget.max_lm_calls=0", "'budget.max_lm_calls' must be >= 1"),
+        ("search.num_iterations=0", "'search.num_iterations' must be >= 1"),
+        ("search.num_system_candidates=0", "'search.num_system_candidates' must be >= 1"),
+        ("num_threads=0", "'num_threads' must be >= 1"),
+        ("optimizer_lm.timeout=0", "'optimizer_lm.timeout' must be > 0"),
+    ],
+)
+def test_values_out_of_range_are_refused(override, needle):
+    assert needle in _error(lambda: load_config("base", "review", overrides=[override]))
+
+
+def test_values_at_the_edges_of_their_ranges_are_accepted():
+    edges = ["search.screening=0.99", "search.screening_keep=1", "budget.max_failure_share=0", "budget.max_cost=0.01"]
+    config = load_config("base", "review", overrides=edges)
+    assert (config.search.screening, config.search.screening_keep) == (0.99, 1.0)
+    assert (config.budget.max_failure_share, config.budget.max_cost) == (0.0, 0.01)
+
+
+def test_repeated_config_and_set_options_accumulate(tmp_path):
+    from metaspo_dspy.cli import build_parser
+    from metaspo_dspy.cli.common import config_from_args
+
+    extra = tmp_path / "extra.yaml"
+    extra.write_text("search:\n  num_iterations: 2\n", encoding="utf-8")
+    argv = ["train", "-c", "review", "-c", str(extra), "--set", "task_lm.api_base=http://localhost:8000/v1"]
+    argv += ["--set", "task_lm.model=openai/m", "seed=7", "--set", "seed=8"]
+    args = build_parser().parse_args(argv)
+    assert args.config == ["review", str(extra)]
+    config = config_from_args(args)
+    assert config.task_lm.api_base == "http://localhost:8000/v1" and config.task_lm.model == "openai/m"
+    assert config.seed == 8 and config.search.num_iterations == 2 and config.tasks.source[0] == "beauty"

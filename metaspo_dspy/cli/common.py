@@ -39,16 +39,25 @@ FLAG_KEYS = {
 def add_config_arguments(parser: argparse.ArgumentParser, *, search: bool) -> None:
     """The options shared by ``train`` and ``test``."""
     group = parser.add_argument_group("configuration (later wins: config files, then --set, then flags)")
+    # action="extend": a repeated -c/--set adds to the earlier ones instead of replacing them.
     group.add_argument(
         "--config",
         "-c",
         nargs="+",
+        action="extend",
         default=[],
         metavar="FILE",
         help="YAML config files or names of shipped ones (base, review, medical, reasoning, safety, grounding, "
-        "generated, global); configs/base.yaml is always read first",
+        "generated, global); configs/base.yaml is always read first; may be repeated",
     )
-    group.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", help="override any config key")
+    group.add_argument(
+        "--set",
+        nargs="+",
+        action="extend",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override any config key; may be repeated (a later value for the same key wins)",
+    )
     models = parser.add_argument_group("models (any LiteLLM model string, or 'embedded' for the offline model)")
     models.add_argument("--task-model", help="the model whose prompts are optimized/evaluated (task_lm.model)")
     models.add_argument("--optimizer-model", help="the model that writes prompts (optimizer_lm.model)")
@@ -68,9 +77,7 @@ def add_config_arguments(parser: argparse.ArgumentParser, *, search: bool) -> No
     run.add_argument("--threads", type=int, help="concurrent task-model calls (default 16)")
     run.add_argument("--seed", type=int, help="run seed (default 42)")
     run.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
-    run.add_argument(
-        "--verbose", "-v", action="store_true", default=argparse.SUPPRESS, help="log details (DSPy, LiteLLM) to stderr"
-    )
+    add_common_flags(run)
     if search:
         s = parser.add_argument_group("search (paper defaults: 3 iterations, 9 system, 3 user candidates, top 3)")
         s.add_argument("--method", choices=["metaspo", "outer_loop", "metaspo_ape"])
@@ -87,6 +94,16 @@ def add_config_arguments(parser: argparse.ArgumentParser, *, search: bool) -> No
         b = parser.add_argument_group("budget (checked before each phase; the run stops cleanly)")
         b.add_argument("--max-lm-calls", type=int, help="task + optimizer calls")
         b.add_argument("--max-cost", type=float, help="dollars, at LiteLLM's prices")
+
+
+def add_common_flags(group: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    """``--verbose`` and ``--debug`` on a subcommand too (``metaspo train ... --verbose``)."""
+    group.add_argument(
+        "--verbose", "-v", action="store_true", default=argparse.SUPPRESS, help="log details (DSPy, LiteLLM) to stderr"
+    )
+    group.add_argument(
+        "--debug", action="store_true", default=argparse.SUPPRESS, help="show the traceback of an unexpected error"
+    )
 
 
 def config_from_args(
