@@ -21,7 +21,7 @@ import dspy
 from dspy.predict.parameter import Parameter
 
 from metaspo_dspy.adapters import InstructionsIn, adapter_name, make_adapter, with_system_prompt
-from metaspo_dspy.io import atomic_write_text
+from metaspo_dspy.io import NotUtf8Error, atomic_write_text, read_text
 from metaspo_dspy.program_spec import program_from_spec, program_spec
 
 DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant."
@@ -83,11 +83,13 @@ class SystemPrompt(Parameter):
         """
         path = Path(path)
         try:
-            raw = path.read_text(encoding="utf-8")
+            raw = read_text(path)  # UTF-8, a leading BOM dropped
         except FileNotFoundError:
             raise ValueError(f"system prompt file {path} does not exist") from None
-        except (OSError, UnicodeDecodeError) as exc:
-            raise ValueError(f"cannot read system prompt file {path}: {exc}") from None
+        except NotUtf8Error as exc:
+            raise ValueError(f"system prompt file {exc}") from None
+        except OSError as exc:
+            raise ValueError(f"cannot read system prompt file {path}: {exc.strerror or exc}") from None
         try:
             data = json.loads(raw)
         except json.JSONDecodeError:

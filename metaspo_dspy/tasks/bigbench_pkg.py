@@ -27,14 +27,13 @@ follows the shared files' rule; it is not guaranteed to pick the very same examp
 from __future__ import annotations
 
 import importlib.util
-import json
 import os
 import random
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from metaspo_dspy.tasks.local import TaskLoadError
+from metaspo_dspy.tasks.local import TaskLoadError, read_json
 from metaspo_dspy.tasks.parsing import number_from_words
 
 BIGBENCH_ROOT_ENV = "METASPO_BIGBENCH_ROOT"
@@ -133,10 +132,7 @@ def build_row(example: dict[str, Any], style: str, prefix: str, rng: random.Rand
 
 
 def _rows_of(task_json: Path, style: str, use_prefix: bool, rng: random.Random, subtask: str) -> list[dict]:
-    try:
-        data = json.loads(task_json.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
-        raise TaskLoadError(f"cannot read {task_json}: {exc}") from exc
+    data = read_json(task_json)
     prefix = str(data.get("task_prefix", "")) if use_prefix else ""
     rows, seen = [], set()
     for example in data.get("examples", []):

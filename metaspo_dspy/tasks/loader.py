@@ -32,11 +32,12 @@ from typing import Any
 import dspy
 
 from metaspo_dspy.tasks import parsing
+from metaspo_dspy.tasks.answers import check_rows
 from metaspo_dspy.tasks.base import Task
 from metaspo_dspy.tasks.bigbench_pkg import BIGBENCH_LAYOUT, bigbench_splits
 from metaspo_dspy.tasks.generated import generate_splits
 from metaspo_dspy.tasks.hub import HUB_SOURCES, hub_splits
-from metaspo_dspy.tasks.local import TaskLoadError, check_row, local_path, read_splits, resolve_data_dir
+from metaspo_dspy.tasks.local import TaskLoadError, local_path, read_splits, resolve_data_dir
 from metaspo_dspy.tasks.reference_parsing import REFERENCE_PARSERS
 from metaspo_dspy.tasks.sampling import sample_splits
 from metaspo_dspy.tasks.scoring import build_metric
@@ -123,6 +124,18 @@ def fetch_splits(
     )
 
 
+def _origin(metadata: dict[str, Any] | None) -> str:
+    """Where rows came from, for error messages: the file, else the dataset or source."""
+    metadata = metadata or {}
+    if metadata.get("path"):
+        return str(metadata["path"])
+    if metadata.get("dataset"):
+        return f"Hugging Face dataset {metadata['dataset']}"
+    if metadata.get("task"):
+        return f"the bigbench package's task {metadata['task']}"
+    return f"{metadata.get('source', 'the')} source"
+
+
 def build_task(
     spec: TaskSpec,
     splits: Splits,
@@ -132,10 +145,12 @@ def build_task(
     seed: int | None = 42,
     metadata: dict[str, Any] | None = None,
 ) -> Task:
-    """A :class:`Task` from full splits: sampled as the reference does, then wrapped."""
-    for split in ("train", "test"):
-        for i, row in enumerate(splits.get(split, [])):
-            check_row(row, spec.name, f"{split}[{i}]")
+    """A :class:`Task` from full splits: sampled as the reference does, then wrapped.
+
+    Every row is checked first (:func:`~metaspo_dspy.tasks.answers.check_rows`): a row without a
+    string question or with an answer of the wrong type for ``spec`` raises :class:`TaskLoadError`.
+    """
+    check_rows(spec, splits, _origin(metadata))
     if not splits.get("train") and not splits.get("test"):
         raise TaskLoadError(f"task {spec.name!r}: no examples in {metadata or 'the source'}")
     train_rows, test_rows = sample_splits(

@@ -12,6 +12,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from metaspo_dspy.io import NotUtf8Error, read_text
+
 DATA_DIR_ENV = "METASPO_DATA_DIR"
 
 
@@ -40,12 +42,14 @@ def local_path(data_dir: Path, folder: str, task: str) -> Path:
 
 
 def read_json(path: Path) -> Any:
-    """Parse a JSON file; a missing or malformed file raises :class:`TaskLoadError` naming it."""
+    """Parse a UTF-8 JSON file (a UTF-8 BOM is accepted); a missing, unreadable, non-UTF-8 or
+    malformed file raises :class:`TaskLoadError` naming it."""
     try:
-        with open(path, encoding="utf-8") as handle:
-            return json.load(handle)
+        return json.loads(read_text(path))
     except FileNotFoundError:
         raise TaskLoadError(f"file not found: {path}") from None
+    except NotUtf8Error as exc:
+        raise TaskLoadError(f"data file {exc}") from None
     except (OSError, json.JSONDecodeError) as exc:
         raise TaskLoadError(f"cannot read {path}: {exc}") from exc
 
@@ -61,13 +65,13 @@ def read_splits(path: Path, task: str) -> dict[str, list[dict[str, Any]]]:
         raise TaskLoadError(f"task {task!r}: {path} must hold {{'train': [...], 'test': [...]}}")
     for split in ("train", "test"):
         for i, row in enumerate(data[split]):
-            check_row(row, task, f"{path} [{split}][{i}]")
+            check_row(row, task, f"{path}, {split} split, row {i}")
     return {"train": data["train"], "test": data["test"]}
 
 
 def check_row(row: Any, task: str, where: str) -> None:
     """Raise :class:`TaskLoadError` unless ``row`` has a string ``question`` and an answer."""
     if not isinstance(row, dict) or not isinstance(row.get("question"), str):
-        raise TaskLoadError(f"task {task!r}: row at {where} has no string 'question'")
+        raise TaskLoadError(f"task {task!r}: {where}: the row has no string 'question'")
     if "answer" not in row and not isinstance(row.get("answers"), list):
-        raise TaskLoadError(f"task {task!r}: row at {where} has neither 'answer' nor an 'answers' list")
+        raise TaskLoadError(f"task {task!r}: {where}: the row has neither 'answer' nor an 'answers' list")
