@@ -16,7 +16,10 @@ descriptions, the field structure and the signature's instructions. This module 
 
 Every adapter made here reports the messages it formats and the completions it parses to the
 :class:`CallRecorder` found in ``dspy.settings.metaspo_recorder`` (if any); the evaluator uses this
-to show the optimizer what the model saw and said.
+to show the optimizer what the model saw and said. It also refuses empty and truncated answers
+(:mod:`metaspo_dspy.responses`: an empty one is asked once more, bypassing DSPy's cache, then
+raises ``EmptyResponse``; a truncated one raises ``TruncatedResponse``), and reports them and
+every parse failure to the run's fault log.
 """
 
 from __future__ import annotations
@@ -30,7 +33,8 @@ import dspy
 from dspy.adapters.base import Adapter
 from dspy.utils.exceptions import AdapterParseError
 
-from metaspo_dspy import faults
+from metaspo_dspy import faults, responses
+from metaspo_dspy.redact import redact
 
 InstructionsIn = Literal["user", "system"]
 _PLACEMENTS = ("user", "system")
@@ -131,6 +135,24 @@ class _SystemPromptMixin:
             recorder.start(messages)
         return messages
 
+    def __call__(self, lm, lm_kwargs, signature, demos, inputs):
+        base = super()
+        return responses.guarded(lambda kwargs: base.__call__(lm, kwargs, signature, demos, inputs), lm_kwargs)
+
+    async def acall(self, lm, lm_kwargs, signature, demos, inputs):
+        base = super()
+        return await responses.aguarded(lambda kwargs: base.acall(lm, kwargs, signature, demos, inputs), lm_kwargs)
+
+    def _call_postprocess(self, processed_signature, original_signature, outputs, lm, lm_kwargs):
+        try:
+            responses.check(outputs, lm)
+        except responses.BadAnswer:
+            recorder = _recorder()
+            if recorder is not None:
+                recorder.finish("\n".join(str(responses.answer_text(o) or "") for o in outputs))
+            raise
+        return super()._call_postprocess(processed_signature, original_signature, outputs, lm, lm_kwargs)
+
     def parse(self, signature, completion):
         recorder = _recorder()
         if recorder is not None:
@@ -138,7 +160,7 @@ class _SystemPromptMixin:
         try:
             return super().parse(signature, completion)
         except AdapterParseError as exc:
-            faults.report("parse_error", None, f"{type(self).__name__}: {str(exc)[:200]}")
+            faults.report("parse_error", None, redact(f"{type(self).__name__}: {str(exc)[:200]}"))
             raise
 
     def _make_json_adapter_fallback(self):

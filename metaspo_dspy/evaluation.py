@@ -4,10 +4,13 @@ Every evaluation step of MetaSPO -- all candidates x tasks x user prompts x exam
 is flattened into one list of items and run through one thread pool with ``num_threads`` workers.
 Each worker runs under a copy of the caller's context (so ``dspy.context`` overrides survive) plus
 its own ``dspy.context(lm=task_lm, adapter=<system-prompt adapter>, trace=[])``. Results come back
-in input order; a failed call never raises: it is recorded and scored 0 (wrong).
+in input order; a failed call never raises: it is recorded and scored 0 (wrong). Empty and
+truncated answers are failures too (:mod:`metaspo_dspy.responses`). Error texts are redacted
+(:func:`~metaspo_dspy.redact.redact`) before they are kept or journaled.
 
 Identical items (same request-shaping state and example) are evaluated once per evaluator: see
-:func:`item_key`.
+:func:`item_key`. A journaled item is read back instead of asked again, except a failed one: a run
+that stopped because its model failed is resumed to ask those items again.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from dspy.utils.usage_tracker import UsageTracker
 from metaspo_dspy.adapters import CallRecorder, LMCall, adapter_name, message_text, with_system_prompt
 from metaspo_dspy.journal import Journal
 from metaspo_dspy.metrics import Metric, TaskMetric, is_wrong, score_example, task_score
+from metaspo_dspy.redact import redact
 
 
 @dataclass(frozen=True)
@@ -206,8 +210,9 @@ class GridEvaluator:
         num_threads: concurrent program runs.
         progress: show a tqdm bar per :meth:`evaluate` call.
 
-    Contract: :meth:`evaluate` never raises for a failed LM call or parse (the example scores 0 and
-    carries the error); it raises :class:`~metaspo_dspy.metrics.MetricError` when a metric raises or
+    Contract: :meth:`evaluate` never raises for a failed LM call, an empty or truncated answer, or a
+    parse failure (the example scores 0 and carries the redacted error, so it counts as a failure);
+    it raises :class:`~metaspo_dspy.metrics.MetricError` when a metric raises or
     returns something other than a score, since that is a bug in the metric, not in the model.
     """
 
@@ -244,7 +249,8 @@ class GridEvaluator:
                 prediction = job.program(**example.inputs())
             return _Raw(prediction, None, _compact(recorder.calls), token_counts(tracker))
         except Exception as exc:
-            return _Raw(None, f"{type(exc).__name__}: {exc}"[:2000], _compact(recorder.calls), token_counts(tracker))
+            error = redact(f"{type(exc).__name__}: {exc}")[:2000]
+            return _Raw(None, error, _compact(recorder.calls), token_counts(tracker))
 
     def evaluate(self, jobs: Sequence[EvalJob], desc: str = "evaluate") -> list[NodeEval]:
         """Score every job; results in job order."""
@@ -306,10 +312,12 @@ class GridEvaluator:
                 bar.close()
 
     def _recall(self, key: str) -> _Raw | None:
+        """This process's result for ``key``, else a journaled success (a journaled failure -- from
+        an earlier process -- is asked again), else None."""
         raw = self._memo.get(key)
         if raw is None:
             stored = self.journal.get(key)
-            if stored is not None:
+            if stored is not None and stored.get("error") is None:
                 raw = self._memo[key] = _Raw.from_json(stored)
         return raw
 

@@ -5,18 +5,32 @@ Retries are LiteLLM's (``dspy.LM(num_retries=...)``, exponential backoff); this 
 *observes*. A LiteLLM ``CustomLogger`` (installed once per process, appended to
 ``litellm.callbacks``) reports each failed attempt, and our adapters report each parse failure, to
 every active :class:`FaultLog`. A run opens one for its duration, so its record holds each fault the
-model server saw, even those a retry or the JSON fallback recovered from.
+model server saw, even those a retry or the JSON fallback recovered from. Answers that hold nothing
+usable are faults too: ``empty_response`` and ``truncated`` (:mod:`metaspo_dspy.responses`).
+
+Messages are redacted (:func:`~metaspo_dspy.redact.redact`) before they are written: a server that
+echoes the request's ``Authorization`` header in its error text must not put the key in a file.
+A log opened on an existing file (a resumed run) counts the faults already in it, so ``counts``
+covers every process that wrote to the file.
+
+The observer sees what LiteLLM sees: with DSPy's native client (``engine="lm15"``) failed
+attempts do not pass through LiteLLM and are not recorded here (the failure of a call after its
+retries still reaches the example or proposal that made it).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import threading
 import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from metaspo_dspy.redact import redact
+
+logger = logging.getLogger(__name__)
 _ACTIVE: list[FaultLog] = []
 _LOCK = threading.Lock()
 _INSTALLED = False
@@ -45,8 +59,10 @@ def classify(exc: BaseException | None) -> str:
 class FaultLog:
     """The faults seen while this log is open (``with FaultLog(path) as faults: ...``).
 
-    ``counts`` maps kinds (``timeout``, ``http_500``, ``parse_error``, ...) to numbers; each fault is
-    also appended to ``path`` (JSON lines) when given.
+    ``counts`` maps kinds (``timeout``, ``http_500``, ``parse_error``, ``empty_response``,
+    ``truncated``, ...) to numbers; each fault is also appended to ``path`` (JSON lines) when given.
+    Opening the log on an existing file starts ``counts`` from the faults recorded in it (torn or
+    unreadable lines are skipped), so after a resume they count every process's faults.
     """
 
     def __init__(self, path: str | Path | None = None):
@@ -57,6 +73,8 @@ class FaultLog:
 
     def __enter__(self) -> FaultLog:
         install()
+        with self._lock:
+            self.counts = self._recorded()
         with _LOCK:
             _ACTIVE.append(self)
         return self
@@ -70,16 +88,46 @@ class FaultLog:
                 self._handle.close()
                 self._handle = None
 
+    def _recorded(self) -> Counter[str]:
+        """The kinds of the faults already in ``path`` (none when there is no file)."""
+        counts: Counter[str] = Counter()
+        if self.path is None or not self.path.exists():
+            return counts
+        with open(self.path, "rb") as handle:
+            for line in handle:
+                if not line.strip():
+                    continue
+                try:
+                    kind = json.loads(line.decode("utf-8"))["kind"]
+                except (UnicodeDecodeError, ValueError, KeyError, TypeError):
+                    logger.warning("skipping an unreadable line of %s (interrupted write?)", self.path)
+                    continue
+                counts[str(kind)] += 1
+        return counts
+
     def record(self, kind: str, model: str | None, message: str) -> None:
-        entry = {"t": round(time.time(), 4), "kind": kind, "model": model, "message": message[:300]}
+        """Count a fault and append it to the file; ``message`` is redacted, then cut to 300 chars."""
+        entry = {"t": round(time.time(), 4), "kind": kind, "model": model, "message": redact(message)[:300]}
         with self._lock:
             self.counts[kind] += 1
             if self.path is not None:
                 if self._handle is None:
                     self.path.parent.mkdir(parents=True, exist_ok=True)
+                    torn = self.path.exists() and not _ends_with_newline(self.path)
                     self._handle = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - appended to
+                    if torn:  # a killed writer left half a line: end it so this record stands alone
+                        self._handle.write("\n")
                 self._handle.write(json.dumps(entry) + "\n")
                 self._handle.flush()
+
+
+def _ends_with_newline(path: Path) -> bool:
+    """True for an empty file or one whose last byte is a newline."""
+    with open(path, "rb") as handle:
+        if handle.seek(0, 2) == 0:
+            return True
+        handle.seek(-1, 2)
+        return handle.read(1) == b"\n"
 
 
 def report(kind: str, model: str | None, message: str) -> None:
