@@ -167,6 +167,17 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _partial_cost(usage: dict[str, Any]) -> str:
+    """The priced part of a run's cost and the models LiteLLM cannot price."""
+    from metaspo_dspy.budget import is_priced, priced_cost
+
+    models = sorted({m for part in ("task_lm", "optimizer_lm") for m in usage[part]})
+    unpriced = [m for m in models if not is_priced(m)]
+    priced = priced_cost(usage["task_lm"]) + priced_cost(usage["optimizer_lm"])
+    known = f"${priced:.4f} for priced models, " if len(unpriced) < len(models) else ""
+    return f"{known}cost unknown for {', '.join(unpriced)} (no LiteLLM price)"
+
+
 def _optimizer(config: RunConfig, models, run_dir: Path, resume: bool, args: argparse.Namespace) -> MetaSPO:
     """The MetaSPO teleprompter for this run (its constructor checks every setting)."""
     return MetaSPO(
@@ -230,7 +241,7 @@ def _summary(artifact: dict[str, Any], run_dir: Path, seconds: float) -> None:
         for part in ("task_lm", "optimizer_lm")
         for c in usage[part].values()
     )
-    cost = f"${usage['cost']:.4f}" if usage["cost"] is not None else "cost unknown (unpriced model)"
+    cost = f"${usage['cost']:.4f}" if usage["cost"] is not None else _partial_cost(usage)
     say(
         f"calls: {calls['task_lm']} task-model ({calls['task_lm_reused']} reused), "
         f"{calls['optimizer_lm']} optimizer; {tokens} tokens, {cost}; {len(nodes)} prompts scored; time {seconds:.1f}s"
