@@ -16,7 +16,7 @@ from metaspo_dspy.optimize.common import TooManyFailures
 SIG = dspy.Signature("question -> answer", "Predict the customer's rating from 1 to 5.")
 
 
-def _lm(url: str, temperature: float) -> dspy.LM:
+def _lm(url: str, temperature: float, retries: int = 3) -> dspy.LM:
     return dspy.LM(
         "openai/mock",
         api_base=url,
@@ -24,7 +24,7 @@ def _lm(url: str, temperature: float) -> dspy.LM:
         engine="litellm",
         cache=False,
         temperature=temperature,
-        num_retries=3,
+        num_retries=retries,
         timeout=1.0,
     )
 
@@ -80,3 +80,27 @@ def test_a_dead_server_stops_the_run_with_a_clear_resumable_error(data_dir, tmp_
                 dspy.Predict(SIG), trainsets=train
             )
     assert (tmp_path / "run" / "evaluations.jsonl").exists()
+
+
+def test_after_a_stop_the_run_resumes_and_counts_every_processs_faults(data_dir, tmp_path):
+    """A dead server stops the initial grid; resumed against a working (but flaky) server, the failed
+    evaluations are asked again, the run completes, and the artifact's ``faults`` counts the faults
+    of both sessions -- exactly what faults.jsonl holds."""
+    train = {"beauty": load_examples(data_dir, "amazon", "beauty", 4)}
+    settings = dict(num_iterations=1, num_system_candidates=1, num_user_candidates=1, progress=False)
+    with mock_server("--error-rate", "1.0", "--latency", "0") as url, pytest.raises(TooManyFailures):
+        MetaSPO(exact_metric, _lm(url, 1.0, 1), _lm(url, 0.0, 1), log_dir=tmp_path / "run", **settings).compile(
+            dspy.Predict(SIG), trainsets=train
+        )
+    first = Counter(json.loads(line)["kind"] for line in (tmp_path / "run" / "faults.jsonl").read_text().splitlines())
+    assert first == Counter({"http_500": 4 * 2})  # 4 examples, each tried 1 + num_retries times
+    with mock_server("--garbage-rate", "0.3", "--latency", "0", "--seed", "1") as url:
+        best = MetaSPO(
+            exact_metric, _lm(url, 1.0, 1), _lm(url, 0.0, 1), log_dir=tmp_path / "run", resume=True, **settings
+        ).compile(dspy.Predict(SIG), trainsets=train)
+    recorded = Counter(
+        json.loads(line)["kind"] for line in (tmp_path / "run" / "faults.jsonl").read_text().splitlines()
+    )
+    assert recorded["parse_error"] > 0 and recorded["http_500"] == first["http_500"]
+    assert best.detailed_results["faults"] == dict(recorded)
+    assert best.detailed_results["complete"] is True  # the 4 failed evaluations were asked again

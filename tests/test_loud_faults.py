@@ -141,3 +141,141 @@ def test_http_429_retry_waits_the_retry_after_seconds(tmp_path, engine):
         assert faults.counts["rate_limit"] == limited
     # Every example whose last attempt was not a 429 succeeded.
     assert sum(r.error is None for r in results) == sum(t[-1]["fault"] is None for t in attempts.values())
+
+
+# -- item 3: optimizer failures stop the run -----------------------------------------------------
+def _failing_optimizer(engine_factory, name: str, fail: int, garbage: bool = False):
+    """A fake task LM that answers everything right, and a fake optimizer LM whose calls fail
+    (no retries) for the first ``fail`` distinct request seeds -- one seed per call, so exactly
+    ``fail`` proposals fail -- or, with ``garbage``, answer unparsable text to every call."""
+    chosen: set[int] = set()
+
+    def override(request):
+        if request.kind != "optimizer":
+            return None
+        if garbage:
+            return "no fields here"
+        seed = request.params.get("seed")
+        if seed in chosen or len(chosen) < fail:
+            chosen.add(seed)
+            raise RuntimeError("optimizer backend down")
+        return None
+
+    examples = _examples(6)
+    gold = {e.question: e.answer for e in examples}
+    engine, task_lm, opt_lm = engine_factory(name, gold=gold, skill=lambda s, u: 0.5, override=override)
+    return engine, task_lm, opt_lm.copy(num_retries=0), examples
+
+
+# (proposals in the phase, proposals whose optimizer call fails) -> the run stops
+PROPOSAL_FAILURES = [(1, 1, True), (3, 3, True), (3, 2, False), (4, 3, True), (4, 2, False), (5, 0, False)]
+
+
+@pytest.mark.parametrize(("proposals", "failing", "stops"), PROPOSAL_FAILURES)
+def test_a_phase_whose_optimizer_calls_fail_stops_the_search(engine_factory, proposals, failing, stops):
+    """All of a phase's proposals failing, or more than max_failure_share (0.5) of at least 4, stop
+    ProTeGi with TooManyFailures naming the optimizer model and the errors; fewer do not."""
+    from metaspo_dspy import ProTeGi
+    from metaspo_dspy.optimize.common import TooManyFailures
+
+    _, task_lm, opt_lm, examples = _failing_optimizer(engine_factory, f"fail{proposals}{failing}", failing)
+    optimizer = ProTeGi(
+        _exact, opt_lm, task_lm, num_iterations=0, num_candidates=proposals, beam_width=1, progress=False
+    )
+    compile_ = lambda: optimizer.compile(dspy.Predict(SIG), trainset=examples, task_name="arith")  # noqa: E731
+    if stops:
+        with pytest.raises(TooManyFailures) as stop:
+            compile_()
+        message = str(stop.value)
+        assert f"{failing} of {proposals} proposals in round 0 failed" in message
+        assert "metaspo-fake/fail" in message and "optimizer backend down" in message
+    else:
+        proposals_made = compile_().detailed_results["proposals"]
+        assert sum(p["failed"] for p in proposals_made) == failing
+
+
+def test_content_discards_do_not_stop_the_search(engine_factory):
+    """An optimizer that answers, but unusably (unparsable for every proposal), discards them all;
+    that is the search's normal business, not a model failure."""
+    from metaspo_dspy import ProTeGi
+
+    _, task_lm, opt_lm, examples = _failing_optimizer(engine_factory, "garbage", 0, garbage=True)
+    result = ProTeGi(_exact, opt_lm, task_lm, num_iterations=0, num_candidates=4, progress=False).compile(
+        dspy.Predict(SIG), trainset=examples, task_name="arith"
+    )
+    proposals = result.detailed_results["proposals"]
+    assert len(proposals) == 4 and all(p["status"] == "discarded" and not p["failed"] for p in proposals)
+
+
+@pytest.mark.parametrize(
+    ("flags", "error"), [(["--error-rate", "1"], "LMServerError"), (["--empty-content-rate", "1"], "EmptyResponse")]
+)
+def test_metaspo_stops_resumably_when_the_optimizer_fails(engine_factory, tmp_path, flags, error):
+    """Every optimizer call fails (HTTP 500 after retries, or empty answers): compile raises
+    TooManyFailures after the initial grid instead of returning the initial prompts as a result;
+    once the optimizer works, the run resumes, asks the failed proposals again and completes."""
+    from metaspo_dspy import MetaSPO
+    from metaspo_dspy.optimize.common import TooManyFailures
+
+    examples = _examples(4)
+    gold = {e.question: e.answer for e in examples}
+    _, task_lm, _ = engine_factory(f"stop{error}", gold=gold, skill=lambda s, u: 0.5)
+    settings = dict(num_iterations=1, num_system_candidates=2, num_user_candidates=2, user_top_k=1, progress=False)
+    trainsets = {"a": examples, "b": examples[::-1]}
+    with mock_server("--latency", "0", *flags) as url:
+        run = MetaSPO(_exact, _mock_lm(url, temperature=1.0), task_lm, log_dir=tmp_path / "run", **settings)
+        with pytest.raises(
+            TooManyFailures, match=r"4 of 4 proposals in iteration 1: inner loop failed \(all\)"
+        ) as stop:
+            run.compile(dspy.Predict(SIG), trainsets=trainsets)
+    assert "the optimizer model 'openai/mock' could not be used" in str(stop.value) and error in str(stop.value)
+    checkpoint = json.loads((tmp_path / "run" / "checkpoint.json").read_text())
+    assert checkpoint["complete"] is False and [s["phase"] for s in checkpoint["steps"]] == ["initial"]
+    with mock_server("--latency", "0") as url:
+        best = MetaSPO(
+            _exact, _mock_lm(url, temperature=1.0), task_lm, log_dir=tmp_path / "run", resume=True, **settings
+        ).compile(dspy.Predict(SIG), trainsets=trainsets)
+    proposals = best.detailed_results["proposals"]
+    assert best.detailed_results["complete"] and not any(p["failed"] for p in proposals)
+    assert sum(p["status"] == "ok" for p in proposals) >= 4
+
+
+# -- item 9: small truths --------------------------------------------------------------------------
+class _Killed(BaseException):
+    """Stands for SIGKILL: nothing in the library catches it."""
+
+
+def test_an_answered_analysis_is_journaled_and_not_asked_again(engine_factory, tmp_path):
+    """The process dies while the rewrite call is in flight. A fresh Proposer on the same journal
+    (DSPy's cache is off in tests) asks only for the rewrite: the analysis was journaled as soon as
+    it was answered, and the finished proposal equals one made without the kill."""
+    from metaspo_dspy.journal import Journal
+    from metaspo_dspy.optimize.proposer import Proposal, Proposer
+
+    alive = {"rewrite": False}
+
+    def die_at_rewrite(request):
+        if request.kind == "optimizer" and "improved_user_prompt" in request.outputs and not alive["rewrite"]:
+            raise _Killed
+        return None
+
+    engine, _, opt_lm = engine_factory("killed", override=die_at_rewrite)
+    path = tmp_path / "proposals.jsonl"
+
+    def propose(proposer: Proposer) -> Proposal:
+        proposal = Proposal(0, "user", 0, 0, "arith", None, "predict")
+        return proposer.user_prompt(proposal, "Be exact.", "Answer.", [], ["question"])
+
+    first = Proposer(opt_lm, journal=Journal(path))
+    with pytest.raises(_Killed):
+        propose(first)
+    first.journal.close()
+    assert engine.counts["optimizer"] == 1  # the analysis came back; the rewrite never did
+    alive["rewrite"] = True
+    engine.reset()
+    resumed = propose(Proposer(opt_lm, journal=Journal(path)))
+    assert engine.counts["optimizer"] == 1, "the analysis was asked again"
+    engine.reset()
+    reference = propose(Proposer(opt_lm))
+    assert engine.counts["optimizer"] == 2
+    assert resumed.ok and resumed.to_dict() == reference.to_dict() and resumed.optimizer_calls == 2

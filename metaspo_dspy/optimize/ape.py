@@ -70,7 +70,7 @@ class APE(SingleTaskOptimizer):
             search.propose_ape_user(root, 0, c, predictor, "ape", self.num_pairs) for c in range(self.num_candidates)
         ]
         generated = search.user_children(
-            search.proposer.run_all(jobs), [(root, predictor)] * len(jobs), [root.id], "ape", 0
+            search.run_proposals(jobs, "generation"), [(root, predictor)] * len(jobs), [root.id], "ape", 0
         )
         search.evaluate(generated, "train", "generated prompts")
         search.end()
@@ -91,7 +91,8 @@ class APE(SingleTaskOptimizer):
                 )
                 owners.append((parent, predictor))
         everything = [root.id] + [n.id for n in generated]
-        resampled = search.user_children(search.proposer.run_all(jobs), owners, everything, "ape_paraphrase", 1)
+        proposals = search.run_proposals(jobs, "resampling")
+        resampled = search.user_children(proposals, owners, everything, "ape_paraphrase", 1)
         search.evaluate(resampled, "train", "paraphrases")
         search.end()
 

@@ -150,7 +150,7 @@ class BilevelRun(SearchBase):
                 else:
                     jobs.append(self.propose_user(parent, iteration, candidate, predictor, "inner"))
                 owners.append((name, parent, predictor))
-        proposals = self.proposer.run_all(jobs)
+        proposals = self.run_proposals(jobs, f"iteration {iteration + 1}: inner loop")
         new_nodes: dict[str, list[PromptNode]] = {}
         for name in self.tasks:
             mine = [i for i, owner in enumerate(owners) if owner[0] == name]
@@ -174,7 +174,9 @@ class BilevelRun(SearchBase):
     def outer_loop(self, state: BilevelState, iteration: int) -> BilevelState:
         self.begin("outer", iteration)
         jobs = [self.propose_system(state, iteration, c) for c in range(self.o.num_system_candidates)]
-        proposals = self.finish_proposals(self.proposer.run_all(jobs), {state.system_prompt})
+        proposals = self.finish_proposals(
+            self.run_proposals(jobs, f"iteration {iteration + 1}: outer loop"), {state.system_prompt}
+        )
         candidates = []
         for proposal in proposals:
             beams = {}

@@ -15,7 +15,11 @@ from metaspo_dspy.evaluation import EvalJob, GridEvaluator, NodeEval, merge_usag
 from metaspo_dspy.metrics import Metric
 from metaspo_dspy.optimize.proposer import Proposal, Proposer, io_pairs, sample_wrong, wrong_example
 from metaspo_dspy.optimize.state import NodeStore, PromptNode
+from metaspo_dspy.redact import redact
 from metaspo_dspy.seeding import rng_for
+
+#: A phase with fewer proposals stops only when all of them failed.
+MIN_PROPOSALS_FOR_SHARE = 4
 
 
 class ConfigError(ValueError):
@@ -23,10 +27,12 @@ class ConfigError(ValueError):
 
 
 class TooManyFailures(RuntimeError):
-    """More task-model calls failed in one evaluation grid than ``max_failure_share`` allows.
+    """The models failed too often to go on: more task-model calls failed in one evaluation grid
+    than ``max_failure_share`` allows, or the optimizer model's calls failed for every proposal of
+    a phase (or for more than ``max_failure_share`` of them, when the phase has at least 4).
 
-    Raised after the grid, so its completed evaluations are journaled and the run can resume once
-    the model is reachable again."""
+    Raised after the grid or the phase's proposals, so their completed work is journaled; failed
+    evaluations and proposals are asked again when the run resumes (once the model works)."""
 
 
 def check_examples(task: str, examples: Any, split: str) -> list[dspy.Example]:
@@ -238,10 +244,34 @@ class SearchBase:
         if total and len(failed) / total > self.max_failure_share:
             samples = list(dict.fromkeys(x.error for x in failed))[:3]
             raise TooManyFailures(
-                f"{len(failed)} of {total} task-model calls failed in {where} (more than "
-                f"{self.max_failure_share:.0%}); first errors: {samples}. Check the model server, key and "
-                "settings; finished evaluations are kept, so the run can be resumed."
+                redact(
+                    f"{len(failed)} of {total} task-model calls failed in {where} (more than "
+                    f"{self.max_failure_share:.0%}); first errors: {samples}. Check the model server, key and "
+                    "settings; finished evaluations are kept, so the run can be resumed."
+                )
             )
+
+    def run_proposals(self, jobs: Sequence[Callable[[], Proposal]], where: str) -> list[Proposal]:
+        """Run a phase's proposal jobs (:meth:`Proposer.run_all`) and stop with
+        :class:`TooManyFailures` when the optimizer model's calls failed for all of them, or for more
+        than ``max_failure_share`` of them when there are at least ``MIN_PROPOSALS_FOR_SHARE``.
+        Content discards (unparsable, empty, placeholder, too long, duplicate) do not count."""
+        proposals = self.proposer.run_all(jobs)
+        failed = [p for p in proposals if p.failed]
+        total = len(proposals)
+        share = len(failed) / total if total else 0.0
+        if failed and (len(failed) == total or (total >= MIN_PROPOSALS_FOR_SHARE and share > self.max_failure_share)):
+            model = getattr(self.proposer.lm, "model", type(self.proposer.lm).__name__)
+            samples = list(dict.fromkeys(p.reason for p in failed))[:3]
+            how_many = "all" if len(failed) == total else f"more than {self.max_failure_share:.0%}"
+            raise TooManyFailures(
+                redact(
+                    f"{len(failed)} of {total} proposals in {where} failed ({how_many}): the optimizer model "
+                    f"{model!r} could not be used; first errors: {samples}. Check its server, key and settings; "
+                    "finished work is kept, so the run can be resumed."
+                )
+            )
+        return proposals
 
     # -- proposals ---------------------------------------------------------------------------
     def new_proposal(

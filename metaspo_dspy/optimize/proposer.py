@@ -3,7 +3,15 @@
 The search loops never format prompts or parse LM text themselves: they hand this module the
 wrong examples (or input/output pairs) and get back :class:`Proposal` records, each either ``ok``
 with a candidate text or ``discarded`` with the reason (LM error, unparsable, empty, too long,
-duplicate). A discarded proposal is never evaluated as a prompt.
+duplicate). A discarded proposal is never evaluated as a prompt. A proposal whose optimizer call
+itself failed (an exception after the LM's retries, including an empty or truncated answer) is
+marked ``failed``: the searches stop when a phase's proposals fail (see
+:meth:`~metaspo_dspy.optimize.common.SearchBase.run_proposals`), and a resumed run asks a failed
+proposal again. Reasons are redacted (:func:`~metaspo_dspy.redact.redact`).
+
+Journal: a finished proposal is journaled when it completes, and the analysis of a two-call
+proposal as soon as it is answered, so a run killed between the two calls does not ask for the
+analysis again on resume (even without DSPy's cache).
 
 Each candidate is its own sample: its calls carry a distinct ``rollout_id`` (so DSPy's cache does
 not collapse identical requests into one answer) and, where the provider supports it, a ``seed``;
@@ -26,43 +34,31 @@ import dspy
 from dspy.utils.exceptions import AdapterParseError
 from dspy.utils.usage_tracker import UsageTracker
 
-from metaspo_dspy.adapters import message_text, observed
-from metaspo_dspy.evaluation import ExampleResult, merge_usage, token_counts
+from metaspo_dspy.adapters import observed
+from metaspo_dspy.evaluation import merge_usage, token_counts
 from metaspo_dspy.journal import Journal
 from metaspo_dspy.optimize import signatures as sigs
+from metaspo_dspy.optimize.shown import WrongExample, format_fields, io_pairs, sample_wrong, wrong_example
+from metaspo_dspy.redact import redact
 from metaspo_dspy.seeding import derive_seed
 
+__all__ = [
+    "Proposal",
+    "Proposer",
+    "WrongExample",
+    "format_fields",
+    "io_pairs",
+    "sample_wrong",
+    "slots_of",
+    "wrong_example",
+]
+
+#: The journaled fields of a finished proposal.
+_RECORD = ("analysis", "text", "status", "reason", "optimizer_calls")
+#: ``step(ask)``: the answer to a proposal's analysis call, from the journal or by calling ``ask``.
+Step = Callable[[Callable[[], "str | None"]], "str | None"]
 _SLOT = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _PLACEHOLDER = re.compile(r"\{[^{}]*\}")
-
-
-@dataclass
-class WrongExample:
-    """A wrong example as shown to the optimizer."""
-
-    task: str
-    example_index: int
-    system_prompt: str
-    user_message: str
-    response: str | None
-    prediction: str
-    correct: str
-    feedback: str | None = None
-
-    def render(self) -> str:
-        parts = [
-            "<example>",
-            f"Task: {self.task}",
-            f"System prompt:\n{self.system_prompt}",
-            f"User message:\n{self.user_message}",
-            f"Model response:\n{self.response if self.response is not None else '(no response)'}",
-            f"Parsed prediction:\n{self.prediction}",
-            f"Correct answer:\n{self.correct}",
-        ]
-        if self.feedback:
-            parts.append(f"Metric feedback:\n{self.feedback}")
-        parts.append("</example>")
-        return "\n\n".join(parts)
 
 
 @dataclass
@@ -83,6 +79,7 @@ class Proposal:
     reason: str | None = None
     optimizer_calls: int = 0
     node_ids: list[int] = field(default_factory=list)
+    failed: bool = False  # discarded because an optimizer call failed, not for its content
 
     @property
     def ok(self) -> bool:
@@ -93,61 +90,6 @@ class Proposal:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def format_fields(values: dict[str, Any], names: Sequence[str] | None = None) -> str:
-    """``name: value`` lines (lists joined with commas)."""
-    lines = []
-    for name in names if names is not None else list(values):
-        value = values.get(name)
-        if isinstance(value, (list, tuple)):
-            value = ", ".join(str(v) for v in value)
-        lines.append(f"{name}: {value}")
-    return "\n".join(lines)
-
-
-def wrong_example(
-    task: str,
-    example: dspy.Example,
-    result: ExampleResult,
-    system_prompt: str,
-    predictor: str | None = None,
-) -> WrongExample:
-    """Describe a wrong result, using the last LM call of ``predictor`` (or the last call at all)."""
-    calls = [c for c in result.calls if predictor is None or c.predictor == predictor] or result.calls
-    call = calls[-1] if calls else None
-    user_message = "(no LM call was made)"
-    if call is not None:
-        users = [m for m in call.messages if m.get("role") == "user"]
-        user_message = message_text(users[-1]["content"]) if users else ""
-    if result.prediction is not None:
-        prediction = format_fields(result.prediction)
-    else:
-        prediction = f"(failed: {result.error})"
-    return WrongExample(
-        task=task,
-        example_index=result.index,
-        system_prompt=system_prompt,
-        user_message=user_message,
-        response=call.completion if call is not None else None,
-        prediction=prediction,
-        correct=format_fields(dict(example.labels())),
-        feedback=result.feedback,
-    )
-
-
-def sample_wrong(wrong: Sequence[ExampleResult], k: int, rng) -> list[ExampleResult]:
-    """Up to ``k`` wrong results: all of them (in order) when there are at most ``k``."""
-    if len(wrong) <= k:
-        return list(wrong)
-    return rng.sample(list(wrong), k)
-
-
-def io_pairs(examples: Sequence[dspy.Example]) -> list[str]:
-    """APE input/output pairs, one string each."""
-    return [
-        f"Input:\n{format_fields(dict(ex.inputs()))}\nOutput:\n{format_fields(dict(ex.labels()))}\n" for ex in examples
-    ]
 
 
 def slots_of(text: str, names: Sequence[str]) -> list[str]:
@@ -232,30 +174,39 @@ class Proposer:
                 merge_usage(self._usage, token_counts(tracker))
         return getattr(result, next(iter(signature.output_fields)))
 
-    def _guarded(self, proposal: Proposal, fn: Callable[[], str | None], shown: Any) -> Proposal:
-        """Run ``fn`` (the optimizer calls) unless the journal already holds this proposal."""
+    def _guarded(self, proposal: Proposal, fn: Callable[[Step], str | None], shown: Any) -> Proposal:
+        """Run ``fn`` (the optimizer calls) unless the journal already holds this proposal finished
+        (a failed one is asked again). ``fn`` gets a :data:`Step` for its analysis call."""
         key = f"{proposal.kind}|{proposal.iteration}|{proposal.task}|{proposal.candidate}|" + _digest(
             [self.seed, proposal.predictor, shown]
         )
         stored = self.journal.get(key)
-        if stored is not None:
-            for name in ("analysis", "text", "status", "reason", "optimizer_calls"):
+        if stored is not None and "status" in stored and not stored.get("failed"):
+            for name in _RECORD:
                 setattr(proposal, name, stored[name])
             self.reused += 1
             return proposal
+
+        def analysis(ask: Callable[[], str | None]) -> str | None:
+            part = self.journal.get(f"{key}|analysis")
+            if part is not None and "analysis" in part:
+                proposal.optimizer_calls += 1  # paid for by an earlier process
+                return part["analysis"]
+            text = ask()
+            self.journal.put(f"{key}|analysis", {"analysis": text})
+            return text
+
         try:
-            text = fn()
+            text = fn(analysis)
         except AdapterParseError as exc:
-            proposal.discard(f"unparsable optimizer output: {str(exc)[:300]}")
+            proposal.discard(redact(f"unparsable optimizer output: {exc}")[:300])
         except Exception as exc:
-            proposal.discard(f"optimizer call failed: {type(exc).__name__}: {str(exc)[:300]}")
+            proposal.discard(redact(f"optimizer call failed: {type(exc).__name__}: {exc}")[:400])
+            proposal.failed = True
         else:
             if proposal.status == "pending":
                 self._validate(proposal, text)
-        self.journal.put(
-            key,
-            {name: getattr(proposal, name) for name in ("analysis", "text", "status", "reason", "optimizer_calls")},
-        )
+        self.journal.put(key, {name: getattr(proposal, name) for name in (*_RECORD, "failed")})
         return proposal
 
     def _validate(self, proposal: Proposal, text: str | None) -> None:
@@ -291,14 +242,16 @@ class Proposer:
         examples = "\n\n".join(w.render() for w in shown) or "(no wrong examples)"
         rewrite = _with_slot_note(sigs.RewriteUserPrompt, slots_of(user_prompt, input_names))
 
-        def go() -> str:
-            proposal.analysis = self._call(
-                sigs.DiagnoseUserPrompt,
-                proposal,
-                "analysis",
-                system_prompt=system_prompt,
-                user_prompt=user_prompt,
-                wrong_examples=examples,
+        def go(analysis: Step) -> str:
+            proposal.analysis = analysis(
+                lambda: self._call(
+                    sigs.DiagnoseUserPrompt,
+                    proposal,
+                    "analysis",
+                    system_prompt=system_prompt,
+                    user_prompt=user_prompt,
+                    wrong_examples=examples,
+                )
             )
             if not (proposal.analysis or "").strip():
                 proposal.discard("empty analysis")
@@ -322,13 +275,15 @@ class Proposer:
         proposal.shown = [asdict(w) for w in shown]
         examples = "\n\n".join(b for b in blocks if b) or "(no wrong examples)"
 
-        def go() -> str:
-            proposal.analysis = self._call(
-                sigs.DiagnoseSystemPrompt,
-                proposal,
-                "analysis",
-                system_prompt=system_prompt,
-                wrong_examples=examples,
+        def go(analysis: Step) -> str:
+            proposal.analysis = analysis(
+                lambda: self._call(
+                    sigs.DiagnoseSystemPrompt,
+                    proposal,
+                    "analysis",
+                    system_prompt=system_prompt,
+                    wrong_examples=examples,
+                )
             )
             if not (proposal.analysis or "").strip():
                 proposal.discard("empty analysis")
@@ -349,7 +304,7 @@ class Proposer:
         text = "\n".join(pairs)
         return self._guarded(
             proposal,
-            lambda: _append(self._call(sigs.InduceInstruction, proposal, "induce", input_output_pairs=text), suffix),
+            lambda _: _append(self._call(sigs.InduceInstruction, proposal, "induce", input_output_pairs=text), suffix),
             [text, suffix],
         )
 
@@ -357,7 +312,7 @@ class Proposer:
         """APE resampling: same meaning, different words (one call)."""
         signature = _with_slot_note(sigs.ParaphraseInstruction, slots_of(instruction, input_names))
         return self._guarded(
-            proposal, lambda: self._call(signature, proposal, "paraphrase", instruction=instruction), [instruction]
+            proposal, lambda _: self._call(signature, proposal, "paraphrase", instruction=instruction), [instruction]
         )
 
 

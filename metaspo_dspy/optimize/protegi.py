@@ -99,7 +99,8 @@ class ProTeGi(SingleTaskOptimizer):
                 predictor = predictors[(r * len(parents) * self.num_candidates + index) % len(predictors)]
                 jobs.append(search.propose_user(parent, r, index, predictor, "protegi"))
                 parent_of.append((parent, predictor))
-        children = search.user_children(search.proposer.run_all(jobs), parent_of, beam, "protegi", r)
+        proposals = search.run_proposals(jobs, f"round {r}")
+        children = search.user_children(proposals, parent_of, beam, "protegi", r)
         search.evaluate(children, "train", f"round {r}")
         search.end()
         return search.store.sorted_beam(beam + [c.id for c in children], self.beam_width)
