@@ -2,7 +2,8 @@
 
 Layout (everything written atomically or append-only)::
 
-    RUN_DIR/run.json           the settings that shape results (compared on resume)
+    RUN_DIR/run.json           the directory's format (RUN_FORMAT, checked on resume), the version that
+                               wrote it, and the settings that shape results (compared on resume)
     RUN_DIR/evaluations.jsonl  every completed program run, as it completes
     RUN_DIR/proposals.jsonl    every completed proposal, as it completes
     RUN_DIR/checkpoint.json    the run's history so far, after every phase
@@ -14,13 +15,16 @@ Layout (everything written atomically or append-only)::
 
 Resuming replays the search from the start with the journals as its memory: completed
 evaluations and proposals are read back instead of being asked again, so the run continues where
-it stopped and, with a deterministic model, ends exactly as an uninterrupted run would.
+it stopped and, with a deterministic model, ends exactly as an uninterrupted run would. A journal
+record of the wrong shape is skipped with a warning (and asked again). A directory whose
+``run.json`` records another format (a newer version's, or none) is refused with the reason.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +34,52 @@ from metaspo_dspy.io import atomic_write_json
 from metaspo_dspy.journal import Journal
 
 RUN_FORMAT = "metaspo-dspy/run-dir/v1"
+_FORMAT = re.compile(r"metaspo-dspy/run-dir/v(\d+)")
+_OPENED: list[Path] = []
+
+
+def last_opened() -> Path | None:
+    """The run directory this process opened most recently (None if none): where a failure's
+    report belongs, even when the caller chose the folder's name itself."""
+    return _OPENED[-1] if _OPENED else None
+
+
+def _fields_problem(value: Any, types: dict[str, tuple[type, ...]], what: str) -> str | None:
+    if not isinstance(value, dict):
+        return f"{what} must be a mapping, got {type(value).__name__}"
+    for name, allowed in types.items():
+        if name in value and not isinstance(value[name], allowed):
+            return f"{what} field {name!r} must be {' or '.join(t.__name__ for t in allowed)}"
+    return None
+
+
+_TEXT = (str, type(None))
+_EVALUATION_FIELDS = {"prediction": (dict, type(None)), "error": _TEXT, "calls": (list,), "usage": (dict, type(None))}
+_CALL_FIELDS = {"predictor": _TEXT, "user": (str,), "completion": _TEXT}
+_PROPOSAL_FIELDS = {"analysis": _TEXT, "text": _TEXT, "status": (str,), "reason": _TEXT, "optimizer_calls": (int,)}
+
+
+def evaluation_problem(value: Any) -> str | None:
+    """Why ``value`` is not an evaluations-journal entry (``GridEvaluator``'s record), or None."""
+    problem = _fields_problem(value, _EVALUATION_FIELDS, "an evaluation")
+    if problem is None and not {"prediction", "error", "calls"} <= set(value):
+        problem = "an evaluation needs 'prediction', 'error' and 'calls'"
+    for call in value.get("calls", []) if problem is None else []:
+        problem = _fields_problem(call, _CALL_FIELDS, "a call") or (
+            None if set(_CALL_FIELDS) <= set(call) else "a call needs 'predictor', 'user' and 'completion'"
+        )
+        if problem:
+            break
+    return problem
+
+
+def proposal_problem(value: Any) -> str | None:
+    """Why ``value`` is not a proposals-journal entry, or None. A finished proposal (one with a
+    ``status``) must carry all of analysis, text, status, reason and optimizer_calls."""
+    problem = _fields_problem(value, _PROPOSAL_FIELDS, "a proposal")
+    if problem is None and "status" in value and not set(_PROPOSAL_FIELDS) <= set(value):
+        problem = f"a finished proposal needs {', '.join(_PROPOSAL_FIELDS)}"
+    return problem
 
 
 class RunDirError(ValueError):
@@ -47,6 +97,30 @@ def _diff(old: Any, new: Any, prefix: str = "") -> list[str]:
         shown = lambda v: repr(v) if len(repr(v)) < 80 else repr(v)[:77] + "...'"  # noqa: E731
         return [f"{prefix.rstrip('.')}: {shown(old)} -> {shown(new)}"]
     return []
+
+
+def _writer() -> str:
+    from metaspo_dspy import __version__
+
+    return f"metaspo-dspy {__version__}"
+
+
+def _check_format(run_file: Path, recorded: Any) -> None:
+    """Refuse a run directory whose format this version cannot continue, saying why."""
+    if recorded == RUN_FORMAT:
+        return
+    match = _FORMAT.fullmatch(recorded) if isinstance(recorded, str) else None
+    current = int(_FORMAT.fullmatch(RUN_FORMAT).group(1))  # type: ignore[union-attr]
+    if match and int(match.group(1)) > current:
+        why = "a newer metaspo-dspy wrote it; resume it with that version"
+    elif match:
+        why = "an older metaspo-dspy wrote it; resume it with that version"
+    else:
+        why = "it was not written by metaspo-dspy's run directory code"
+    raise RunDirError(
+        f"cannot resume {run_file.parent}: {run_file} records format {recorded!r}, but {_writer()} reads "
+        f"{RUN_FORMAT!r} ({why}, or start a new run in another folder)"
+    )
 
 
 class RunDir:
@@ -78,8 +152,9 @@ class RunDir:
         except BaseException:
             self._lock.release()
             raise
-        self.evaluations = Journal(self.path / "evaluations.jsonl")
-        self.proposals = Journal(self.path / "proposals.jsonl")
+        self.evaluations = Journal(self.path / "evaluations.jsonl", check=evaluation_problem)
+        self.proposals = Journal(self.path / "proposals.jsonl", check=proposal_problem)
+        _OPENED.append(self.path)
 
     def _acquire_lock(self) -> FileLock:
         # thread_local=False: the loop's worker threads share the run; is_singleton=False: a second
@@ -106,9 +181,11 @@ class RunDir:
                     f"nothing to resume in {self.path}: it has no run.json (start a new run there instead)"
                 )
             try:
-                recorded = json.loads(run_file.read_text(encoding="utf-8"))["settings"]
-            except (OSError, json.JSONDecodeError, KeyError) as exc:
+                record = json.loads(run_file.read_text(encoding="utf-8"))
+                recorded = record["settings"]
+            except (OSError, ValueError, KeyError, TypeError) as exc:
                 raise RunDirError(f"{run_file} is unreadable ({exc}); cannot resume this run") from None
+            _check_format(run_file, record.get("format"))
             differences = _diff(recorded, self.settings)
             if differences:
                 raise RunDirError(
@@ -122,7 +199,7 @@ class RunDir:
                     f"{self.path} already holds a run; resume it (metaspo train --resume {self.path}, or "
                     "MetaSPO(..., resume=True)) or choose another log dir"
                 )
-            atomic_write_json(run_file, {"format": RUN_FORMAT, "settings": self.settings})
+            atomic_write_json(run_file, {"format": RUN_FORMAT, "written_by": _writer(), "settings": self.settings})
 
     def _check_writable(self) -> None:
         try:

@@ -1,16 +1,27 @@
 """The ``metaspo`` command line: train, test, show, presets, tasks.
 
 Exit codes: 0 success; 2 bad input (one ``error:`` line naming the problem and the fix, no
-traceback); 130 interrupted (the run directory stays resumable); 1 an unexpected error (a bug:
-the traceback is shown).
+traceback; also a file that cannot be written, e.g. a full disk); 130 interrupted (the run
+directory stays resumable once its ``run.json`` exists); 1 a stopped run (too many failures) or an
+unexpected error (a bug). A bug is one ``error:`` line too: the traceback goes to
+``RUN_DIR/error.log`` when a run directory exists, else to a temporary file the line names, and to
+the console with ``--debug``. Everything printed or logged passes through
+:func:`metaspo_dspy.redact.redact`, so an API key never reaches the console or ``error.log``.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import os
 import sys
+import tempfile
+import traceback
+from datetime import datetime, timezone
+from pathlib import Path
+
+from metaspo_dspy.redact import RedactingFilter, redact
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
@@ -39,6 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=_version())
     parser.add_argument("--verbose", "-v", action="store_true", help="log details (DSPy, LiteLLM) to stderr")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an unexpected error")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     train.add_parser(subparsers)
     evaluate.add_parser(subparsers)
@@ -77,41 +89,152 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the ``metaspo`` command in ``argv`` (default ``sys.argv[1:]``); returns the exit code.
+
+    Never lets an exception reach the console as a traceback (see the module docstring)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parsed: list[argparse.Namespace] = []
+    try:
+        return _run(argv, parsed)
+    except KeyboardInterrupt:  # while starting up (imports, argument parsing)
+        _error("interrupted", prefix="")
+        return 130
+    except Exception as exc:
+        return report_bug(exc, parsed[0] if parsed else None, debug="--debug" in argv)
+
+
+def _run(argv: list[str], parsed: list[argparse.Namespace]) -> int:
     from metaspo_dspy.optimize.common import TooManyFailures
 
     parser = build_parser()
     args = parser.parse_args(argv)
+    vars(args).pop("debug", None)  # read from argv by main(); not a setting of the command
+    parsed.append(args)
     if args.command is None:
         parser.print_help()
         return 2
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
-    if not args.verbose:
-        _quiet_libraries()
+    setup_logging(args.verbose)
     try:
         return args.handler(args)
     except KeyboardInterrupt:
-        where = getattr(args, "log_dir", None) or getattr(args, "resume", None)
-        hint = f"; continue with: metaspo train --resume {where}" if args.command == "train" and where else ""
-        print(f"interrupted{hint}", file=sys.stderr)
+        _error(f"interrupted{_resume_hint(args, '; ')}", prefix="")
         return 130
     except _user_errors() as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        _error(str(exc))
         return 2
     except TooManyFailures as exc:
-        where = getattr(args, "log_dir", None) or getattr(args, "resume", None)
-        hint = f" Resume with: metaspo train --resume {where}" if args.command == "train" and where else ""
-        print(f"stopped: {exc}{hint}", file=sys.stderr)
+        _error(f"{exc}{_resume_hint(args, ' ')}", prefix="stopped: ")
         return 1
     except OSError as exc:
         if exc.filename is None:
             raise
-        print(f"error: {exc.strerror or exc} ({exc.filename})", file=sys.stderr)
+        _error(f"{_os_problem(exc)}{_resume_hint(args, '; ')}")
         return 2
 
 
-def _quiet_libraries() -> None:
-    for name in ("LiteLLM", "litellm", "dspy", "httpx"):
-        logging.getLogger(name).setLevel(logging.ERROR)
+def _error(message: str, prefix: str = "error: ") -> None:
+    print(redact(f"{prefix}{message}"), file=sys.stderr, flush=True)
+
+
+def _os_problem(exc: OSError) -> str:
+    """One sentence for a file that could not be read or written."""
+    if exc.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)):
+        return f"the disk is full (or over quota): cannot write {exc.filename}; free some space"
+    return f"{exc.strerror or exc} ({exc.filename})"
+
+
+def run_dir_of(args: argparse.Namespace | None) -> Path | None:
+    """The run directory this command opened or was given, if it exists on disk, else None."""
+    from metaspo_dspy.runs import last_opened
+
+    candidates = [last_opened()]
+    if args is not None:
+        candidates += [getattr(args, "resume", None), getattr(args, "log_dir", None)]
+    return next((Path(c) for c in candidates if c is not None and Path(c).is_dir()), None)
+
+
+def _resume_hint(args: argparse.Namespace, sep: str) -> str:
+    """How to go on after ``metaspo train`` stopped: resume once ``run.json`` exists, else start again."""
+    if args.command != "train":
+        return ""
+    where = run_dir_of(args)
+    if where is not None and (where / "run.json").is_file():
+        return f"{sep}the run is resumable: metaspo train --resume {where}"
+    return f"{sep}the run had not started yet (no run.json), so there is nothing to resume: run the same command again"
+
+
+def report_bug(exc: BaseException, args: argparse.Namespace | None, debug: bool) -> int:
+    """One ``error:`` line for an unexpected exception; the traceback to ``error.log`` (and the
+    console with ``debug``). Returns exit code 1."""
+    trace = redact("".join(traceback.format_exception(type(exc), exc, exc.__traceback__)))
+    if debug:
+        print(trace, file=sys.stderr, end="", flush=True)
+    where = _save_trace(trace, run_dir_of(args), temporary=not debug)
+    summary = " ".join(str(exc).split())
+    summary = f"{type(exc).__name__}: {summary[:300]}" if summary else type(exc).__name__
+    saved = f"; the traceback is in {where}" if where else ""
+    _error(f"unexpected {summary} (a bug in metaspo-dspy{saved}; --debug shows it)")
+    return 1
+
+
+def _save_trace(trace: str, run_dir: Path | None, temporary: bool) -> Path | None:
+    """Append ``trace`` to ``run_dir/error.log``, else (when ``temporary``) to a new temporary file;
+    the path written, or None when nothing could be written."""
+    header = f"--- {datetime.now(timezone.utc).isoformat(timespec='seconds')} {_version()}: metaspo "
+    header += redact(" ".join(sys.argv[1:])) + "\n"
+    try:
+        if run_dir is not None:
+            path = run_dir / "error.log"
+            with open(path, "a", encoding="utf-8") as handle:
+                handle.write(header + trace)
+            return path
+        if temporary:
+            fd, name = tempfile.mkstemp(prefix="metaspo-error-", suffix=".log")
+            with os.fdopen(fd, "w", encoding="utf-8") as handle:
+                handle.write(header + trace)
+            return Path(name)
+    except OSError:
+        return None
+    return None
+
+
+def setup_logging(verbose: bool) -> None:
+    """Log to stderr only (stdout is for results), redacted; details only with ``verbose``."""
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(message)s", stream=sys.stderr
+    )
+    for handler in logging.getLogger().handlers:
+        _add_redaction(handler)
+    for name in _LITELLM_LOGGERS:  # logger-level: applies whatever handlers LiteLLM adds later
+        _add_redaction(logging.getLogger(name))
+    if verbose:
+        _litellm_to_stderr()
+    else:
+        for name in ("LiteLLM", "litellm", "dspy", "httpx"):
+            logging.getLogger(name).setLevel(logging.ERROR)
+
+
+_LITELLM_LOGGERS = ("LiteLLM", "LiteLLM Router", "LiteLLM Proxy")
+
+
+def _add_redaction(target: logging.Handler | logging.Logger) -> None:
+    if not any(isinstance(f, RedactingFilter) for f in target.filters):
+        target.addFilter(RedactingFilter())
+
+
+def _litellm_to_stderr() -> None:
+    """LiteLLM's own handler writes records below WARNING to *stdout*, and ``litellm.set_verbose``
+    and its error banner ``print()`` there: detach that handler (its records then reach the root
+    handler on stderr) and switch the prints off, so stdout carries only the command's result."""
+    import litellm
+
+    litellm.set_verbose = False
+    litellm.suppress_debug_info = True
+    for name in _LITELLM_LOGGERS:
+        logger = logging.getLogger(name)
+        for handler in list(logger.handlers):
+            logger.removeHandler(handler)
+        logger.propagate = True
 
 
 if __name__ == "__main__":  # pragma: no cover

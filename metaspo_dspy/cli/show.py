@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from metaspo_dspy.cli.common import say, table
+from metaspo_dspy.cli.common import add_common_flags, say, table
 from metaspo_dspy.presets import PRESETS
 from metaspo_dspy.report.data import load_run
 from metaspo_dspy.report.tables import DECISION_HEADERS, decision_rows
@@ -15,6 +15,7 @@ def add_parsers(subparsers) -> None:
     show = subparsers.add_parser("show", help="summarize a run directory (also a running or interrupted one)")
     show.add_argument("run_dir", type=Path)
     show.add_argument("--proposals", action="store_true", help="list every proposal with its fate")
+    add_common_flags(show)
     show.set_defaults(handler=run_show)
     presets = subparsers.add_parser("presets", help="print the preset system prompts (default, cot, service)")
     presets.set_defaults(handler=run_presets)
