@@ -55,8 +55,9 @@ def _fields_problem(value: Any, types: dict[str, tuple[type, ...]], what: str) -
 
 _TEXT = (str, type(None))
 _EVALUATION_FIELDS = {"prediction": (dict, type(None)), "error": _TEXT, "calls": (list,), "usage": (dict, type(None))}
-_CALL_FIELDS = {"predictor": _TEXT, "user": (str,), "completion": _TEXT}
+_CALL_FIELDS = {"predictor": _TEXT, "user": (str,), "completion": (object,)}
 _PROPOSAL_FIELDS = {"analysis": _TEXT, "text": _TEXT, "status": (str,), "reason": _TEXT, "optimizer_calls": (int,)}
+_PROPOSAL_OPTIONAL = {"failed": (bool,)}
 
 
 def evaluation_problem(value: Any) -> str | None:
@@ -75,8 +76,9 @@ def evaluation_problem(value: Any) -> str | None:
 
 def proposal_problem(value: Any) -> str | None:
     """Why ``value`` is not a proposals-journal entry, or None. A finished proposal (one with a
-    ``status``) must carry all of analysis, text, status, reason and optimizer_calls."""
-    problem = _fields_problem(value, _PROPOSAL_FIELDS, "a proposal")
+    ``status``) must carry all of analysis, text, status, reason and optimizer_calls (``failed``
+    optional); an analysis-only entry (``{"analysis": ...}``) is valid too."""
+    problem = _fields_problem(value, {**_PROPOSAL_FIELDS, **_PROPOSAL_OPTIONAL}, "a proposal")
     if problem is None and "status" in value and not set(_PROPOSAL_FIELDS) <= set(value):
         problem = f"a finished proposal needs {', '.join(_PROPOSAL_FIELDS)}"
     return problem

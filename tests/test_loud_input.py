@@ -365,3 +365,19 @@ def test_an_oserror_from_a_write_names_its_file(tmp_path, monkeypatch):
     with pytest.raises(OSError) as info:
         journal.sync()
     assert info.value.filename == str(tmp_path / "e.jsonl")
+
+
+def test_the_run_journal_shapes_accept_what_the_run_writes_and_name_what_is_wrong():
+    from metaspo_dspy.runs import evaluation_problem, proposal_problem
+
+    call = {"predictor": "self", "user": "Q", "completion": "[[ ## answer ## ]]\n3"}
+    assert evaluation_problem({"prediction": {"answer": "3"}, "error": None, "usage": {}, "calls": [call]}) is None
+    assert evaluation_problem({"prediction": None, "error": "timeout", "calls": []}) is None
+    assert "needs 'prediction'" in evaluation_problem({"error": None, "calls": []})
+    assert "'calls' must be list" in evaluation_problem({"prediction": None, "error": None, "calls": "x"})
+    assert "a call needs" in evaluation_problem({"prediction": None, "error": None, "calls": [{"user": "Q"}]})
+    finished = {"analysis": "a", "text": "t", "status": "ok", "reason": None, "optimizer_calls": 2, "failed": False}
+    assert proposal_problem(finished) is None and proposal_problem({"analysis": "only the analysis"}) is None
+    assert "needs analysis, text" in proposal_problem({"status": "ok", "text": "t"})
+    assert "'optimizer_calls' must be int" in proposal_problem({**finished, "optimizer_calls": "2"})
+    assert "must be a mapping" in proposal_problem(["ok"])
