@@ -381,3 +381,23 @@ def test_the_run_journal_shapes_accept_what_the_run_writes_and_name_what_is_wron
     assert "needs analysis, text" in proposal_problem({"status": "ok", "text": "t"})
     assert "'optimizer_calls' must be int" in proposal_problem({**finished, "optimizer_calls": "2"})
     assert "must be a mapping" in proposal_problem(["ok"])
+
+
+@pytest.mark.parametrize("verbose", [True, False])
+def test_the_cli_logging_is_redacted_and_on_stderr(tmp_path, verbose):
+    probe = (
+        "import logging, os\n"
+        "from metaspo_dspy.cli import setup_logging\n"
+        f"setup_logging({verbose})\n"
+        "import litellm\n"
+        "secret = os.environ['METASPO_TEST_SECRET_TOKEN']\n"
+        "for name in ('dspy.clients.lm', 'LiteLLM', 'metaspo_dspy.evaluation'):\n"
+        "    logging.getLogger(name).error('%s says Authorization: Bearer abcdefghij ' + secret, name)\n"
+        "logging.getLogger('LiteLLM').info('an info line')\n"
+    )
+    result = subprocess.run([sys.executable, "-c", probe], env=_env(tmp_path), capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "" and SECRET not in result.stderr and "abcdefghij" not in result.stderr
+    for name in ("dspy.clients.lm", "LiteLLM", "metaspo_dspy.evaluation"):
+        assert f"{name} says Authorization: Bearer [REDACTED] [REDACTED]" in result.stderr
+    assert ("an info line" in result.stderr) is verbose

@@ -173,7 +173,8 @@ def report_bug(exc: BaseException, args: argparse.Namespace | None, debug: bool)
     summary = " ".join(str(exc).split())
     summary = f"{type(exc).__name__}: {summary[:300]}" if summary else type(exc).__name__
     saved = f"; the traceback is in {where}" if where else ""
-    _error(f"unexpected {summary} (a bug in metaspo-dspy{saved}; --debug shows it)")
+    shown = "; the traceback is above" if debug else "; --debug shows it"
+    _error(f"unexpected {summary} (a bug in metaspo-dspy{saved}{shown})")
     return 1
 
 
@@ -203,7 +204,7 @@ def setup_logging(verbose: bool) -> None:
     logging.basicConfig(
         level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(message)s", stream=sys.stderr
     )
-    for handler in logging.getLogger().handlers:
+    for handler in [*logging.getLogger().handlers, *logging.getLogger("dspy").handlers]:  # DSPy: its own, stderr
         _add_redaction(handler)
     for name in _LITELLM_LOGGERS:  # logger-level: applies whatever handlers LiteLLM adds later
         _add_redaction(logging.getLogger(name))
