@@ -228,6 +228,29 @@ class Proposer:
             futures = [pool.submit(contextvars.copy_context().run, job) for job in jobs]
             return [f.result() for f in futures]
 
+    def _two_calls(
+        self,
+        proposal: Proposal,
+        diagnose: Any,
+        inputs: dict[str, str],
+        rewrite: Any,
+        rewrite_inputs: dict[str, str],
+        analysis_field: str,
+        shown: Any,
+    ) -> Proposal:
+        """Analysis (``diagnose``), then rewrite with the analysis as ``analysis_field``; an empty
+        analysis discards the proposal without the second call."""
+
+        def go(analysis: Step) -> str:
+            proposal.analysis = analysis(lambda: self._call(diagnose, proposal, "analysis", **inputs))
+            if not (proposal.analysis or "").strip():
+                proposal.discard("empty analysis")
+                return ""
+            fields = {**rewrite_inputs, analysis_field: proposal.analysis}
+            return self._call(rewrite, proposal, "rewrite", **fields)
+
+        return self._guarded(proposal, go, shown)
+
     # -- proposal kinds ---------------------------------------------------------------------
     def user_prompt(
         self,
@@ -242,31 +265,10 @@ class Proposer:
         examples = "\n\n".join(w.render() for w in shown) or "(no wrong examples)"
         rewrite = _with_slot_note(sigs.RewriteUserPrompt, slots_of(user_prompt, input_names))
 
-        def go(analysis: Step) -> str:
-            proposal.analysis = analysis(
-                lambda: self._call(
-                    sigs.DiagnoseUserPrompt,
-                    proposal,
-                    "analysis",
-                    system_prompt=system_prompt,
-                    user_prompt=user_prompt,
-                    wrong_examples=examples,
-                )
-            )
-            if not (proposal.analysis or "").strip():
-                proposal.discard("empty analysis")
-                return ""
-            return self._call(
-                rewrite,
-                proposal,
-                "rewrite",
-                system_prompt=system_prompt,
-                user_prompt=user_prompt,
-                wrong_examples=examples,
-                user_prompt_analysis=proposal.analysis,
-            )
-
-        return self._guarded(proposal, go, [system_prompt, user_prompt, examples])
+        inputs = {"system_prompt": system_prompt, "user_prompt": user_prompt, "wrong_examples": examples}
+        return self._two_calls(
+            proposal, sigs.DiagnoseUserPrompt, inputs, rewrite, inputs, "user_prompt_analysis", list(inputs.values())
+        )
 
     def system_prompt(
         self, proposal: Proposal, system_prompt: str, blocks: Sequence[str], shown: Sequence[WrongExample]
@@ -275,28 +277,15 @@ class Proposer:
         proposal.shown = [asdict(w) for w in shown]
         examples = "\n\n".join(b for b in blocks if b) or "(no wrong examples)"
 
-        def go(analysis: Step) -> str:
-            proposal.analysis = analysis(
-                lambda: self._call(
-                    sigs.DiagnoseSystemPrompt,
-                    proposal,
-                    "analysis",
-                    system_prompt=system_prompt,
-                    wrong_examples=examples,
-                )
-            )
-            if not (proposal.analysis or "").strip():
-                proposal.discard("empty analysis")
-                return ""
-            return self._call(
-                sigs.RewriteSystemPrompt,
-                proposal,
-                "rewrite",
-                system_prompt=system_prompt,
-                system_prompt_analysis=proposal.analysis,
-            )
-
-        return self._guarded(proposal, go, [system_prompt, examples])
+        return self._two_calls(
+            proposal,
+            sigs.DiagnoseSystemPrompt,
+            {"system_prompt": system_prompt, "wrong_examples": examples},
+            sigs.RewriteSystemPrompt,
+            {"system_prompt": system_prompt},
+            "system_prompt_analysis",
+            [system_prompt, examples],
+        )
 
     def induce(self, proposal: Proposal, pairs: Sequence[str], suffix: str = "") -> Proposal:
         """APE generation: infer an instruction from input/output pairs (one call); ``suffix`` appended."""
