@@ -5,14 +5,18 @@ Driven by the loopback mock server (real HTTP, real LiteLLM / native clients) an
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import subprocess
+import sys
 from collections import Counter, defaultdict
 from itertools import pairwise
 from pathlib import Path
 
 import dspy
 import pytest
-from conftest import mock_server
+from conftest import DATA_DIR, mock_server
 
 from metaspo_dspy.adapters import with_system_prompt
 from metaspo_dspy.evaluation import EvalJob, GridEvaluator
@@ -279,3 +283,63 @@ def test_an_answered_analysis_is_journaled_and_not_asked_again(engine_factory, t
     reference = propose(Proposer(opt_lm))
     assert engine.counts["optimizer"] == 2
     assert resumed.ok and resumed.to_dict() == reference.to_dict() and resumed.optimizer_calls == 2
+
+
+# -- the command line: real `metaspo train` processes against the mock server ---------------------
+KEY = "Zq81-mock-key-NEVER-WRITE-THIS-9f3c"
+# id -> (task-server flags, optimizer-server flags (None: the task server), extra CLI arguments,
+#        exit code, text on stderr, fault kinds that faults.jsonl must hold)
+# Two system candidates and two retries: a transient error stops no phase (each fails 1 in 125).
+RETRY_TWICE = ["--system-candidates", "2", "--set", "task_lm.num_retries=2", "optimizer_lm.num_retries=2"]
+CLI_CASES = {
+    "empty-grid": (["--empty-choices-rate", "1"], None, ["--no-preflight"], 1, "EmptyResponse", {"empty_response"}),
+    "truncated-grid": (["--truncate-rate", "1"], None, ["--no-preflight"], 1, "TruncatedResponse", {"truncated"}),
+    "some-empty": (["--empty-content-rate", "0.2"], None, [], 0, "", {"empty_response"}),
+    "optimizer-down": ([], ["--error-rate", "1"], ["--no-preflight"], 1, "inner loop failed (all)", {"http_500"}),
+    "echoed-key": (["--echo-auth", "--error-rate", "0.2"], None, RETRY_TWICE, 0, "", {"http_500"}),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CLI_CASES))
+def test_train_against_the_mock_server(data_dir, tmp_path, case):
+    """Exit 0 means the search really ran; a grid of empty or truncated answers, or an optimizer
+    that fails every proposal, is exit 1 with one "stopped:" line. The key, sent as a Bearer token
+    and echoed back in every error body by the server, is in no file of the run and not in the
+    output, while faults.jsonl shows where it was masked."""
+    task_flags, optimizer_flags, extra, code, message, kinds = CLI_CASES[case]
+    run_dir = tmp_path / "run"
+    with contextlib.ExitStack() as stack:
+        task_url = stack.enter_context(mock_server("--latency", "0", *task_flags))
+        opt_url = (
+            task_url
+            if optimizer_flags is None
+            else stack.enter_context(mock_server("--latency", "0", *optimizer_flags))
+        )
+        env = {k: v for k, v in os.environ.items() if not k.endswith("_API_KEY")}
+        env.update(METASPO_DATA_DIR=str(DATA_DIR), DSPY_CACHEDIR=str(tmp_path / "cache"), MY_KEY=KEY)
+        args = [
+            "train", "-c", "review", "--set", "tasks.source=[beauty]",
+            f"task_lm.api_base={task_url}", f"optimizer_lm.api_base={opt_url}", "task_lm.api_key_env=MY_KEY",
+            "optimizer_lm.api_key_env=MY_KEY", "task_lm.num_retries=1", "optimizer_lm.num_retries=1",
+            "--task-model", "openai/mock", "--optimizer-model", "openai/mock", "--iterations", "1",
+            "--system-candidates", "1", "--user-candidates", "2", "--train-size", "6", "--test-size", "2",
+            "--quiet", "--log-dir", str(run_dir), *extra,
+        ]  # fmt: skip
+        result = subprocess.run(
+            [sys.executable, "-m", "metaspo_dspy.cli", *args],
+            env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL,
+        )  # fmt: skip
+    assert result.returncode == code, result.stderr
+    assert message in result.stderr and "Traceback" not in result.stderr
+    if code == 1:
+        assert result.stderr.count("stopped: ") == 1 and f"metaspo train --resume {run_dir}" in result.stderr
+    faults = [json.loads(line) for line in (run_dir / "faults.jsonl").read_text().splitlines()]
+    assert kinds <= {f["kind"] for f in faults}
+    if code == 0:
+        artifact = json.loads((run_dir / "metaspo_run.json").read_text())
+        assert artifact["faults"] == dict(Counter(f["kind"] for f in faults))
+    assert KEY not in result.stdout + result.stderr
+    for path in (p for p in tmp_path.rglob("*") if p.is_file()):
+        assert KEY.encode() not in path.read_bytes(), f"the key leaked into {path}"
+    if case == "echoed-key":
+        assert all("[REDACTED]" in f["message"] for f in faults if f["kind"] == "http_500")
