@@ -188,3 +188,24 @@ def test_aforward_applies_the_system_prompt(engine_factory):
     prediction = asyncio.run(_acall(WithSystemPrompt(dspy.Predict(SIG), SP), task_lm, question="Async"))
     assert prediction.answer
     assert engine.requests[0].system_prompt == SP
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_an_empty_answer_is_asked_once_more_then_raises(engine_factory, mode):
+    """Sync and async adapter calls alike: an empty answer is a fault, asked once more (no JSON
+    fallback request), then EmptyResponse -- never a prediction with empty fields."""
+    import asyncio
+
+    from metaspo_dspy.faults import FaultLog
+    from metaspo_dspy.responses import EmptyResponse
+
+    engine, task_lm, _ = engine_factory(f"empty-{mode}", override=lambda r: "  " if r.kind == "task" else None)
+    program = WithSystemPrompt(dspy.Predict(SIG), SP)
+    with FaultLog() as faults, pytest.raises(EmptyResponse, match=r"metaspo-fake/empty-.* returned an empty answer"):
+        if mode == "async":
+            asyncio.run(_acall(program, task_lm, question="Hm"))
+        else:
+            with dspy.context(lm=task_lm):
+                program(question="Hm")
+    assert engine.counts["task"] == 2 and engine.counts["task:json"] == 0
+    assert faults.counts["empty_response"] == 2

@@ -104,3 +104,23 @@ def test_after_a_stop_the_run_resumes_and_counts_every_processs_faults(data_dir,
     assert recorded["parse_error"] > 0 and recorded["http_500"] == first["http_500"]
     assert best.detailed_results["faults"] == dict(recorded)
     assert best.detailed_results["complete"] is True  # the 4 failed evaluations were asked again
+
+
+def test_a_fault_log_counts_the_faults_already_in_its_file(tmp_path):
+    """Opened again (a resumed run), a fault log starts from the faults on file; a line torn by a
+    killed writer is skipped and the next record starts a line of its own."""
+    from metaspo_dspy.faults import FaultLog
+
+    path = tmp_path / "faults.jsonl"
+    with FaultLog(path) as first:
+        first.record("http_500", "m", "boom")
+        first.record("timeout", "m", "slow")
+    with open(path, "a") as handle:
+        handle.write('{"t": 1, "kind": "http_5')  # killed mid-write
+    with FaultLog(path) as second:
+        assert second.counts == Counter({"http_500": 1, "timeout": 1})
+        second.record("empty_response", "m", "no text (finish_reason=stop)")
+    lines = path.read_text().splitlines()
+    assert json.loads(lines[-1])["kind"] == "empty_response" and len(lines) == 4
+    with FaultLog(path) as third:
+        assert third.counts == Counter({"http_500": 1, "timeout": 1, "empty_response": 1})
