@@ -111,6 +111,8 @@ def test_train_test_show_on_real_tasks_with_the_fake_provider(gold_file, tmp_pat
     pet = results["results"]["default"]["tasks"]["pet"]
     assert len(pet["scores"]) == 2 and "{question}" not in pet["user_prompts"][0]  # the authors' prompts
     requests = [json.loads(line) for line in log.read_text().splitlines()]
+    assert sum(r["kind"] == "preflight" for r in requests) == 2, "one check of each model"
+    requests = [r for r in requests if r["kind"] != "preflight"]
     assert {r["kind"] for r in requests} == {"task"}, "stored user prompts: no optimizer call"
     distinct = len(set(results["system_prompts"].values()))
     # 3 tasks x 2 prompts x 10 examples per distinct system prompt (an identical one is served from the cache)

@@ -70,6 +70,7 @@ _RESUME_OK = {
     "max_lm_calls",
     "max_cost",
     "preflight",
+    "debug",
 }
 
 
