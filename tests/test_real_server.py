@@ -73,13 +73,13 @@ def llama_server(port: int, log: Path):
 
 
 def _train_args(port: int, run_dir: Path) -> list[str]:
+    """A tiny run: the task model behind the server (raw reference-format messages, so the 135M model's
+    free text is the answer), the optimizer in-process (its JSON grammar keeps proposals whole)."""
     url = f"http://127.0.0.1:{port}/v1"
     return [
-        "train", "-c", "generated", "--set", "tasks.source=[gen_counting]",
-        f"task_lm.api_base={url}", f"optimizer_lm.api_base={url}", "optimizer_lm.api_key_env=null",
-        "task_lm.max_tokens=48", "optimizer_lm.max_tokens=160", "task_lm.num_retries=0",
-        "optimizer_lm.num_retries=0", "task_lm.timeout=120", "optimizer_lm.timeout=120",
-        "--task-model", "openai/smollm2", "--optimizer-model", "openai/smollm2", "--prompt-format", "reference",
+        "train", "-c", "generated", "--set", "tasks.source=[gen_boolean]", f"task_lm.api_base={url}",
+        "task_lm.max_tokens=256", "task_lm.num_retries=0", "task_lm.timeout=300",
+        "--task-model", "openai/smollm2", "--optimizer-model", "embedded", "--prompt-format", "reference",
         "--iterations", "1", "--system-candidates", "1", "--user-candidates", "1", "--user-top-k", "1",
         "--train-size", "3", "--test-size", "2", "--threads", "1", "--quiet", "--log-dir", str(run_dir),
     ]  # fmt: skip
@@ -90,7 +90,7 @@ def test_train_against_llama_cpp_server_with_preflight(tmp_path):
     with llama_server(port, tmp_path / "server.log"):
         result = metaspo(*_train_args(port, tmp_path / "run"), cwd=tmp_path, timeout=900)
     assert result.returncode == 0, result.stderr
-    assert "preflight: task + optimizer model openai/smollm2 ok" in result.stderr
+    assert "preflight: task model openai/smollm2 ok" in result.stderr
     artifact = json.loads((tmp_path / "run" / "metaspo_run.json").read_text())
     assert artifact["complete"] is True and artifact["stopped"] is None
     assert artifact["calls"]["task_lm"] == 3 + 3 + 3 + 2  # initial, inner, outer (1 candidate), test
@@ -122,7 +122,7 @@ def test_a_server_killed_mid_run_stops_resumably_and_resume_completes(tmp_path):
     with llama_server(port, tmp_path / "server2.log"):
         resumed = metaspo("train", "--resume", str(run_dir), cwd=tmp_path, timeout=900)
     assert resumed.returncode == 0, resumed.stderr
-    assert "preflight: task + optimizer model openai/smollm2 ok" in resumed.stderr
+    assert "preflight: task model openai/smollm2 ok" in resumed.stderr
     artifact = json.loads((run_dir / "metaspo_run.json").read_text())
     assert artifact["complete"] is True
     nodes = [n for n in artifact["nodes"] if n["train_score"] is not None]
