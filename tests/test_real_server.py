@@ -114,7 +114,7 @@ def test_a_server_killed_mid_run_stops_resumably_and_resume_completes(tmp_path):
             time.sleep(0.05)
         server.kill()
         server.wait(timeout=30)
-        stdout, stderr = process.communicate(timeout=600)
+        _stdout, stderr = process.communicate(timeout=600)
     assert process.returncode == 1, stderr
     assert "Traceback" not in stderr and f"metaspo train --resume {run_dir}" in stderr
     assert not (run_dir / "metaspo_run.json").exists()
