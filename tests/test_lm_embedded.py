@@ -14,7 +14,7 @@ import dspy
 import litellm
 import pytest
 
-from metaspo_dspy.lm import EMBEDDED_MODEL, LMSettings, build_lm, recommended_adapter
+from metaspo_dspy.lm import EMBEDDED_MODEL, LMSettings, build_lm, embedded_model, llama_engine, recommended_adapter
 from metaspo_dspy.lm import embedded as emb
 from metaspo_dspy.optimize.signatures import DiagnoseUserPrompt
 
@@ -87,7 +87,7 @@ def test_recommended_adapter():
     ],
 )
 def test_response_schema(response_format, schema):
-    assert emb._response_schema(response_format) == schema
+    assert llama_engine._response_schema(response_format) == schema
 
 
 def test_string_caps_share_the_token_budget():
@@ -99,19 +99,19 @@ def test_string_caps_share_the_token_budget():
             "notes": {"type": "array", "items": {"type": "string"}},
         },
     }
-    capped = emb._cap_strings(schema, max_tokens=100)
+    capped = llama_engine._cap_strings(schema, max_tokens=100)
     assert capped["properties"]["reasoning"]["maxLength"] == 150
     assert capped["properties"]["notes"]["items"]["maxLength"] == 150
     assert "maxLength" not in capped["properties"]["answer"]
     assert "maxLength" not in schema["properties"]["reasoning"]  # input untouched
     assert list(capped["properties"]) == ["reasoning", "answer", "notes"]  # order kept
-    big = emb._cap_strings(schema, max_tokens=100_000)
-    assert big["properties"]["reasoning"]["maxLength"] == emb.MAX_STRING_CHARS
+    big = llama_engine._cap_strings(schema, max_tokens=100_000)
+    assert big["properties"]["reasoning"]["maxLength"] == embedded_model.MAX_STRING_CHARS
 
 
 @pytest.mark.parametrize(("n", "size"), [(0, 4), (1, 4), (5, 4), (8, 4), (9, 4), (13, 4), (1025, 512)])
 def test_chunks_never_leave_a_single_token_batch(n, size):
-    chunks = emb._chunks(list(range(n)), size)
+    chunks = llama_engine._chunks(list(range(n)), size)
     assert [t for c in chunks for t in c] == list(range(n))
     assert all(1 <= len(c) <= size for c in chunks)
     if n > 1:
@@ -119,7 +119,7 @@ def test_chunks_never_leave_a_single_token_batch(n, size):
 
 
 def test_missing_extra_error_is_not_retried(monkeypatch):
-    monkeypatch.setattr(emb, "_has_llama_cpp", lambda: False)
+    monkeypatch.setattr(embedded_model, "_has_llama_cpp", lambda: False)
     monkeypatch.setattr(emb, "_ENGINE", emb.EmbeddedEngine())  # an engine that has not loaded
     emb.install_provider()
     model = dspy.LM(EMBEDDED_MODEL, engine="litellm", cache=False, num_retries=3)
@@ -136,7 +136,7 @@ def test_predict_parses_typed_outputs_through_litellm(spy):
     assert isinstance(prediction.answer, int)
     assert prediction.size in ("small", "large")
     # The signature's JSON schema reached the provider (and became the llama.cpp grammar).
-    schema = emb._response_schema(spy[-1]["response_format"])
+    schema = llama_engine._response_schema(spy[-1]["response_format"])
     assert schema["properties"]["answer"]["type"] == "integer"
     assert schema["properties"]["size"]["enum"] == ["small", "large"]
     assert spy[-1]["temperature"] == 0.0

@@ -1,0 +1,336 @@
+"""The llama.cpp engine behind the embedded model: one model per process, calls serialised, JSON
+schemas turned into grammars, the KV cache of a shared prompt prefix reused (see
+:meth:`EmbeddedEngine._prime`). The LiteLLM provider in :mod:`metaspo_dspy.lm.embedded` calls
+:meth:`EmbeddedEngine.complete`.
+"""
+
+from __future__ import annotations
+
+import atexit
+import copy
+import itertools
+import json
+import os
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from metaspo_dspy.lm.embedded_model import (
+    DEFAULT_MAX_TOKENS,
+    EMBEDDED_MODEL,
+    FINAL_BATCH,
+    INSTALL_HINT,
+    MAX_CONTEXT,
+    MAX_STRING_CHARS,
+    MIN_OUTPUT_TOKENS,
+    PROVIDER,
+    SAMPLING_DEFAULTS,
+    STRING_CHARS_PER_TOKEN,
+    EmbeddedModelUnavailable,
+    check_available,
+)
+
+
+@dataclass
+class _Loaded:
+    llama: Any
+    formatter: Any
+    eos_token: str
+    load_seconds: float
+
+
+class EmbeddedEngine:
+    """One llama.cpp model and the lock that serialises its use."""
+
+    def __init__(self, n_ctx: int | None = None, n_threads: int | None = None, prefix_reuse: bool | None = None):
+        self.n_ctx = int(n_ctx or os.environ.get("METASPO_EMBEDDED_N_CTX") or MAX_CONTEXT)
+        if not 256 <= self.n_ctx <= MAX_CONTEXT:
+            raise ValueError(f"n_ctx must be between 256 and {MAX_CONTEXT}, got {self.n_ctx}")
+        self.n_threads = int(n_threads or os.environ.get("METASPO_EMBEDDED_THREADS") or _cpu_count())
+        self.prefix_reuse = (
+            prefix_reuse if prefix_reuse is not None else (os.environ.get("METASPO_EMBEDDED_PREFIX_REUSE", "1") != "0")
+        )
+        self._loaded: _Loaded | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def load_seconds(self) -> float | None:
+        return self._loaded.load_seconds if self._loaded else None
+
+    def _load(self) -> _Loaded:
+        # Under self._lock.
+        if self._loaded is None:
+            path = check_available()
+            try:
+                import llama_cpp
+                from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+            except ImportError as exc:  # pragma: no cover - a broken install
+                raise EmbeddedModelUnavailable(f"llama-cpp-python fails to import ({exc}): {INSTALL_HINT}") from exc
+            start = time.perf_counter()
+            llama = llama_cpp.Llama(
+                model_path=str(path),
+                n_ctx=self.n_ctx,
+                n_batch=512,
+                n_threads=self.n_threads,
+                n_threads_batch=self.n_threads,
+                verbose=False,
+            )
+            model = llama._model
+            eos_id, bos_id = llama.token_eos(), llama.token_bos()
+            eos = model.token_get_text(eos_id) if eos_id != -1 else ""
+            bos = model.token_get_text(bos_id) if bos_id != -1 else ""
+            formatter = Jinja2ChatFormatter(
+                template=llama.metadata["tokenizer.chat_template"],
+                eos_token=eos,
+                bos_token=bos,
+                stop_token_ids=[eos_id],
+            )
+            self._loaded = _Loaded(llama, formatter, eos, time.perf_counter() - start)
+            # Free llama.cpp while the interpreter is intact (its __del__ at shutdown prints errors).
+            atexit.register(self.close)
+        return self._loaded
+
+    def close(self) -> None:
+        """Free the model (a later call loads it again)."""
+        with self._lock:
+            loaded, self._loaded = self._loaded, None
+            if loaded is not None:
+                loaded.llama.close()
+
+    def load(self) -> float:
+        """Load the model now (normally lazy); returns the load time in seconds."""
+        with self._lock:
+            return self._load().load_seconds
+
+    def count_tokens(self, messages: list[dict[str, Any]]) -> int:
+        """The prompt length of ``messages`` in tokens, chat template included."""
+        with self._lock:
+            loaded = self._load()
+            return len(self._tokens(loaded, _plain_messages(messages))[0])
+
+    @staticmethod
+    def _tokens(loaded: _Loaded, messages: list[dict[str, str]]) -> tuple[list[int], Any]:
+        result = loaded.formatter(messages=messages)
+        tokens = loaded.llama.tokenize(result.prompt.encode("utf-8"), add_bos=not result.added_special, special=True)
+        return tokens, result
+
+    def _prime(self, llama: Any, tokens: list[int]) -> None:
+        """Evaluate all but the last :data:`FINAL_BATCH` prompt tokens, reusing the KV cache.
+
+        llama.cpp computes a token's values the same in any batch of two or more tokens, but
+        differently alone. So: reuse the longest prefix the cache shares with ``tokens``, evaluate
+        the rest up to the last ``FINAL_BATCH`` tokens in batches of at least two, and leave those
+        last tokens to ``create_completion``, which evaluates them as one batch (its own prefix check
+        finds exactly the primed part). Every call thus sees the same numbers as a call on a fresh
+        model, whatever ran before it, and a prompt sharing a long prefix with the previous one (the
+        same signature and system prompt, another example) costs only its new tokens.
+        """
+        final = min(FINAL_BATCH, len(tokens) - 1)
+        target = len(tokens) - final
+        if not self.prefix_reuse:
+            llama.reset()
+        cached = llama.input_ids[: llama.n_tokens].tolist()
+        shared = 0
+        for a, b in zip(cached, tokens[:target], strict=False):
+            if a != b:
+                break
+            shared += 1
+        llama.n_tokens = shared
+        llama._requires_eval = True
+        for chunk in _chunks(tokens[shared:target], llama.n_batch):
+            llama.eval(chunk)
+
+    def complete(self, messages: list[dict[str, Any]], params: dict[str, Any]) -> dict[str, Any]:
+        """Run one chat completion; ``params`` are OpenAI-style generation parameters.
+
+        Returns ``{"choices": [{"text", "finish_reason"}...], "prompt_tokens", "completion_tokens"}``.
+        """
+        messages = _plain_messages(messages)
+        unsupported = {"tools", "tool_choice", "functions", "function_call"} & {k for k, v in params.items() if v}
+        if unsupported:
+            raise ValueError(f"the embedded model does not support {sorted(unsupported)}")
+        temperature = params.get("temperature")
+        temperature = 0.0 if temperature is None else float(temperature)
+        requested = params.get("max_tokens") or params.get("max_completion_tokens") or DEFAULT_MAX_TOKENS
+        requested = int(requested)
+        stop = params.get("stop") or []
+        stop = [stop] if isinstance(stop, str) else list(stop)
+        n = int(params.get("n") or 1)
+        seed = params.get("seed")
+        schema = _response_schema(params.get("response_format"))
+
+        with self._lock:
+            loaded = self._load()
+            tokens, formatted = self._tokens(loaded, messages)
+            room = self.n_ctx - len(tokens)
+            if room < min(requested, MIN_OUTPUT_TOKENS):
+                raise _context_error(len(tokens), self.n_ctx, min(requested, MIN_OUTPUT_TOKENS))
+            max_tokens = min(requested, room)
+            grammar = _grammar(loaded.llama, schema, max_tokens) if schema is not None else None
+            sampling = {
+                "temperature": temperature,
+                "top_p": float(params.get("top_p") or SAMPLING_DEFAULTS["top_p"]),
+                "top_k": SAMPLING_DEFAULTS["top_k"],
+                "min_p": SAMPLING_DEFAULTS["min_p"],
+                "repeat_penalty": SAMPLING_DEFAULTS["repeat_penalty"],
+                "presence_penalty": float(params.get("presence_penalty") or 0.0),
+                "frequency_penalty": float(params.get("frequency_penalty") or 0.0),
+            }
+            choices, completion_tokens = [], 0
+            for i in range(n):
+                self._prime(loaded.llama, tokens)
+                out = loaded.llama.create_completion(
+                    prompt=tokens,
+                    max_tokens=max_tokens,
+                    stop=stop + [s for s in formatted.stop if s],
+                    stopping_criteria=formatted.stopping_criteria,
+                    grammar=grammar,
+                    seed=None if seed is None else int(seed) + i,
+                    **sampling,
+                )
+                choice = out["choices"][0]
+                choices.append({"text": choice["text"], "finish_reason": choice.get("finish_reason") or "stop"})
+                completion_tokens += out["usage"]["completion_tokens"]
+        return {"choices": choices, "prompt_tokens": len(tokens), "completion_tokens": completion_tokens}
+
+
+def _chunks(tokens: list[int], size: int) -> list[list[int]]:
+    """Split into batches of at most ``size`` tokens, none of exactly one token."""
+    bounds = [*range(0, len(tokens), size), len(tokens)]
+    if len(bounds) > 2 and bounds[-1] - bounds[-2] == 1:
+        bounds[-2] -= 1
+    return [tokens[a:b] for a, b in itertools.pairwise(bounds) if b > a]
+
+
+def _cpu_count() -> int:
+    """CPUs this process may use (llama-cpp-python's default is half of ``os.cpu_count()``)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # pragma: no cover - not on Linux
+        return os.cpu_count() or 1
+
+
+def _plain_messages(messages: list[dict[str, Any]]) -> list[dict[str, str]]:
+    plain = []
+    for message in messages:
+        content = message.get("content")
+        if isinstance(content, list):
+            parts = []
+            for part in content:
+                if isinstance(part, dict) and part.get("type", "text") == "text":
+                    parts.append(str(part.get("text", "")))
+                else:
+                    raise ValueError("the embedded model accepts text content only")
+            content = "\n".join(parts)
+        plain.append({"role": str(message.get("role", "user")), "content": "" if content is None else str(content)})
+    return plain
+
+
+def _response_schema(response_format: Any) -> dict[str, Any] | None:
+    """The JSON schema to enforce: ``{}`` for plain JSON mode, None for free text."""
+    if response_format is None:
+        return None
+    if isinstance(response_format, type) and hasattr(response_format, "model_json_schema"):
+        return response_format.model_json_schema()
+    if hasattr(response_format, "model_dump"):
+        response_format = response_format.model_dump()
+    if not isinstance(response_format, dict):
+        raise ValueError(f"unsupported response_format {response_format!r}")
+    kind = response_format.get("type")
+    if kind == "text":
+        return None
+    if kind == "json_object":
+        return response_format.get("schema") or {}
+    if kind == "json_schema":
+        spec = response_format.get("json_schema") or {}
+        return spec.get("schema") or response_format.get("schema") or {}
+    raise ValueError(f"unsupported response_format type {kind!r}")
+
+
+def _cap_strings(schema: dict[str, Any], max_tokens: int) -> dict[str, Any]:
+    """Give unbounded string properties a ``maxLength`` so every field fits in ``max_tokens``."""
+    if not schema:
+        return schema
+    schema = copy.deepcopy(schema)
+    strings: list[dict[str, Any]] = []
+
+    def walk(node: Any) -> None:
+        if isinstance(node, dict):
+            if node.get("type") == "string" and "enum" not in node and "const" not in node:
+                strings.append(node)
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+
+    walk(schema)
+    if strings:
+        budget = (max_tokens * STRING_CHARS_PER_TOKEN) // len(strings)
+        budget = max(16, min(MAX_STRING_CHARS, budget))
+        for node in strings:
+            node["maxLength"] = min(int(node.get("maxLength", budget)), budget)
+    return schema
+
+
+def _grammar_valid(llama: Any, grammar: Any) -> bool:
+    """Whether llama.cpp accepts ``grammar``: an invalid one would crash the sampler (NULL)."""
+    import llama_cpp
+
+    sampler = llama_cpp.llama_sampler_init_grammar(
+        llama._model.vocab, grammar._grammar.encode("utf-8"), grammar._root.encode("utf-8")
+    )
+    if not sampler:
+        return False
+    llama_cpp.llama_sampler_free(sampler)
+    return True
+
+
+_GRAMMARS: dict[str, Any] = {}
+
+
+def _compile(llama: Any, schema_json: str):
+    """A validated grammar for a schema (JSON text), or None when llama.cpp rejects it."""
+    from llama_cpp.llama_grammar import JSON_GBNF, LlamaGrammar
+
+    if schema_json not in _GRAMMARS:
+        try:
+            if schema_json == "{}":
+                grammar = LlamaGrammar.from_string(JSON_GBNF, verbose=False)
+            else:
+                grammar = LlamaGrammar.from_json_schema(schema_json, verbose=False)
+            _GRAMMARS[schema_json] = grammar if _grammar_valid(llama, grammar) else None
+        except Exception:  # the schema converter rejects some constructs
+            _GRAMMARS[schema_json] = None
+    return _GRAMMARS[schema_json]
+
+
+def _grammar(llama: Any, schema: dict[str, Any], max_tokens: int):
+    """The grammar for ``schema`` with capped strings; falls back to the uncapped schema, then to
+    any-JSON, so a schema llama.cpp cannot compile degrades instead of crashing."""
+    for candidate in (_cap_strings(schema, max_tokens), schema, {}):
+        # Keep property order (sort_keys would reorder fields, e.g. put answer before reasoning).
+        grammar = _compile(llama, json.dumps(candidate))
+        if grammar is not None:
+            return grammar
+    return None  # pragma: no cover - the any-JSON grammar always compiles
+
+
+def _context_error(prompt_tokens: int, n_ctx: int, needed: int) -> Exception:
+    import litellm
+
+    return litellm.ContextWindowExceededError(
+        message=(
+            f"The prompt is {prompt_tokens} tokens; the embedded model's context is {n_ctx} tokens and "
+            f"at least {needed} must stay free for the answer. Shorten the prompt (fewer wrong examples "
+            f"or demos, a shorter system prompt) or lower max_tokens"
+            + ("" if n_ctx >= MAX_CONTEXT else f", or raise METASPO_EMBEDDED_N_CTX (up to {MAX_CONTEXT})")
+            + "."
+        ),
+        model=EMBEDDED_MODEL,
+        llm_provider=PROVIDER,
+    )
+
+
+# -- the LiteLLM provider ----------------------------------------------------------------------
