@@ -152,11 +152,19 @@ def test_hub_failure_is_one_clear_error(monkeypatch, tmp_path):
     monkeypatch.setattr(datasets_config, "HF_HUB_OFFLINE", True)
     monkeypatch.delenv(BIGBENCH_ROOT_ENV, raising=False)
     with pytest.raises(TaskLoadError) as info:
+        load_task("navigate", tmp_path, source="hub")
+    message = str(info.value)
+    assert "'navigate'" in message and "source='hub'" in message and "tasksource/bigbench" in message
+
+
+def test_auto_never_asks_the_hub(monkeypatch, tmp_path):
+    """``auto`` = local places, then the bigbench package; the hub only when asked (source="hub")."""
+    monkeypatch.delenv(BIGBENCH_ROOT_ENV, raising=False)
+    with pytest.raises(TaskLoadError) as info:
         load_task("navigate", tmp_path, source="auto", bigbench_root=tmp_path / "nowhere")
     message = str(info.value)
-    assert "'navigate'" in message
-    assert str(tmp_path / "bigbench" / "navigate.json") in message
-    assert "bigbench package" in message and "tasksource/bigbench" in message
+    assert "'navigate'" in message and str(tmp_path / "bigbench" / "navigate.json") in message
+    assert "bigbench package" in message and "Hugging Face" not in message
 
 
 # ---- the bigbench package path -------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""The ``metaspo`` command line: train, test, show, presets, tasks.
+"""The ``metaspo`` command line: train, test, show, report, presets, tasks, data.
 
 Exit codes: 0 success; 2 bad input (one ``error:`` line naming the problem and the fix, no
 traceback; also a file that cannot be written, e.g. a full disk); 130 interrupted (the run
@@ -33,7 +33,8 @@ MetaSPO for DSPy: optimize one system prompt that works across many tasks.
   metaspo show    summarize a run directory
   metaspo report  write a Markdown report with PNG figures for a run directory
   metaspo presets print the preset system prompts
-  metaspo tasks   list the tasks by domain
+  metaspo tasks   list the tasks: source, licence, sizes, whether on this machine, caveats
+  metaspo data    download the task data that is not bundled (metaspo data fetch review)
 
 Models are LiteLLM model strings (openai/gpt-4o-mini, hosted_vllm/..., ollama_chat/...; API keys
 come from the environment) or 'embedded' for the offline SmolLM2-135M model. Run
@@ -43,6 +44,7 @@ come from the environment) or 'embedded' for the offline SmolLM2-135M model. Run
 
 def build_parser() -> argparse.ArgumentParser:
     from metaspo_dspy import report as report_command
+    from metaspo_dspy.cli import data as data_command
     from metaspo_dspy.cli import evaluate, show, train
 
     parser = argparse.ArgumentParser(
@@ -56,6 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_parser(subparsers)
     show.add_parsers(subparsers)
     report_command.add_parser(subparsers)
+    data_command.add_parser(subparsers)
     return parser
 
 

@@ -19,7 +19,10 @@ def add_parsers(subparsers) -> None:
     show.set_defaults(handler=run_show)
     presets = subparsers.add_parser("presets", help="print the preset system prompts (default, cot, service)")
     presets.set_defaults(handler=run_presets)
-    tasks = subparsers.add_parser("tasks", help="list the available tasks by domain")
+    tasks = subparsers.add_parser(
+        "tasks", help="list the tasks: source, licence, sizes, whether on this machine (bundled/fetched/missing)"
+    )
+    tasks.add_argument("--data-dir", type=Path, default=None, help="report on this data folder instead")
     tasks.set_defaults(handler=run_tasks)
 
 
@@ -56,10 +59,39 @@ def run_presets(args: argparse.Namespace) -> int:
 
 
 def run_tasks(args: argparse.Namespace) -> int:
-    from metaspo_dspy.tasks import DOMAIN_TASKS, SOURCE_TASKS, UNSEEN_TASKS
+    """The task table on stdout: per task its domain, role, where its data is read from now
+    (``bundled``, ``fetched``, ``missing``, ...), the authors' unseen user prompts, sizes of our
+    data, licence and source; then the caveats and the fetch command for what is missing."""
+    from metaspo_dspy.tasks import DOMAIN_TASKS, SPECS
+    from metaspo_dspy.tasks.catalog import DATA_INFO, availability, caveats
+    from metaspo_dspy.tasks.generated import N_TEST, N_TRAIN
+    from metaspo_dspy.tasks.local import data_roots, find_file
+    from metaspo_dspy.tasks.remote import PROMPTS_FOLDER
 
-    rows = []
-    for domain in DOMAIN_TASKS:
-        rows.append([domain, ", ".join(SOURCE_TASKS.get(domain, [])), ", ".join(UNSEEN_TASKS.get(domain, []))])
-    print(table(rows, ["domain", "source tasks", "unseen tasks"]))
+    rows, notes, missing = [], [], set()
+    for domain, names in DOMAIN_TASKS.items():
+        for name in names:
+            spec = SPECS[name]
+            where = availability(name, args.data_dir)
+            prompts = "-"
+            if spec.unseen_file:
+                found = find_file(f"{PROMPTS_FOLDER}/{spec.unseen_file}.json", args.data_dir)
+                prompts = found[0] if found else "missing"
+            if "missing" in (where, prompts):
+                missing.add(domain)
+            info = DATA_INFO.get(name)
+            if info is None:
+                rows.append([domain, name, spec.role, where, prompts, N_TRAIN, N_TEST, "-", "generated offline"])
+                continue
+            rows.append([domain, name, spec.role, where, prompts, info.train, info.test, info.licence, info.source])
+            if caveats(name):
+                notes.append(f"  {name}: " + "; ".join(map(str, caveats(name))))
+    headers = ["domain", "task", "role", "data", "user prompts", "train", "test", "licence", "source"]
+    print(table(rows, headers))
+    print("\ntrain/test: examples in the bundled or fetched file; the paper samples 50 train and 500 test per task.")
+    print("caveats (where our data differs from the paper's):")
+    print("\n".join(notes))
+    print("\nlooked in: " + ", ".join(f"{root} ({kind})" for kind, root in data_roots(args.data_dir)))
+    if missing and args.data_dir is None:
+        print(f"missing data or user prompts: run `metaspo data fetch {' '.join(sorted(missing))}`")
     return 0

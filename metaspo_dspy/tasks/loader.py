@@ -2,12 +2,17 @@
 
 Sources (``source=``):
 
-* ``"local"``: ``{data_dir}/{folder}/{task}.json`` in the reference's format; ``data_dir``
-  defaults to ``$METASPO_DATA_DIR``, else ``../shared/data`` relative to the current directory;
+* ``"local"``: ``{root}/{folder}/{task}.json`` in the reference's format, where the roots are
+  ``data_dir`` if given, else ``$METASPO_DATA_DIR`` if set, else the user cache (what ``metaspo
+  data fetch`` wrote) and then the data bundled in the package (:mod:`.local`, :mod:`.catalog`);
 * ``"bigbench"``: the ``bigbench`` package's ``task.json`` files (BIG-bench tasks only);
-* ``"hub"``: Hugging Face ``datasets`` (see :mod:`.hub` for ids and mappings);
+* ``"hub"``: Hugging Face ``datasets`` (see :mod:`.hub` for ids and mappings); used only when
+  asked for;
 * ``"auto"`` (default): the local file if present, else the bigbench package for a BIG-bench
-  task if installed, else the hub.
+  task if installed; a task found nowhere is one error naming ``metaspo data fetch``.
+
+A task loaded from the bundled or fetched data carries ``metadata["caveats"]``: how that data
+differs from the paper's (:func:`~metaspo_dspy.tasks.catalog.caveats`).
 
 Generated tasks (``gen_*``) need no source. Prompt formats (``prompt_format=``):
 
@@ -35,13 +40,21 @@ from metaspo_dspy.tasks import parsing
 from metaspo_dspy.tasks.answers import check_rows
 from metaspo_dspy.tasks.base import Task
 from metaspo_dspy.tasks.bigbench_pkg import BIGBENCH_LAYOUT, bigbench_splits
+from metaspo_dspy.tasks.catalog import caveats, data_info
 from metaspo_dspy.tasks.generated import generate_splits
 from metaspo_dspy.tasks.hub import HUB_SOURCES, hub_splits
-from metaspo_dspy.tasks.local import TaskLoadError, local_path, read_splits, resolve_data_dir
+from metaspo_dspy.tasks.local import (
+    TaskLoadError,
+    cache_dir,
+    data_roots,
+    default_data_dir,
+    local_path,
+    read_splits,
+)
 from metaspo_dspy.tasks.reference_parsing import REFERENCE_PARSERS
 from metaspo_dspy.tasks.sampling import sample_splits
 from metaspo_dspy.tasks.scoring import build_metric
-from metaspo_dspy.tasks.specs import TaskSpec, get_spec
+from metaspo_dspy.tasks.specs import BENCHMARK_DOMAINS, TaskSpec, get_spec
 
 PROMPT_FORMATS = ("dspy", "reference")
 SOURCES = ("auto", "local", "bigbench", "hub")
@@ -83,6 +96,15 @@ def to_example(row: dict[str, Any]) -> dspy.Example:
     return dspy.Example(question=row["question"], answer=str(row["answer"])).with_inputs("question")
 
 
+def missing_task_error(spec: TaskSpec, data_dir: str | os.PathLike | None = None) -> TaskLoadError:
+    """The one-line error for a task found in none of the default places (cache, bundled)."""
+    domain = spec.domain if spec.domain in BENCHMARK_DOMAINS else spec.name
+    return TaskLoadError(
+        f"task {spec.name!r} is not on this machine (not bundled, licence: {data_info(spec.name).licence}; not "
+        f"fetched into {cache_dir()}): run `metaspo data fetch {domain}` (or give --data-dir DIR)"
+    )
+
+
 def fetch_splits(
     spec: TaskSpec,
     data_dir: str | os.PathLike | None = None,
@@ -92,19 +114,24 @@ def fetch_splits(
 ) -> tuple[Splits, dict[str, Any]]:
     """``spec``'s full train/test rows and where they came from.
 
-    Raises :class:`TaskLoadError` naming the task and every place looked when no source has it; a
-    local file that exists but is malformed raises at once.
+    ``local`` looks in :func:`~metaspo_dspy.tasks.local.data_roots` (``data_dir``, else
+    ``$METASPO_DATA_DIR``, else the user cache then the bundled data); ``auto`` does the same, then
+    the bigbench package for a BIG-bench task -- never the hub, which is used only when asked
+    (``source="hub"``). The metadata names the file and its ``origin`` (``fetched``, ``bundled``,
+    ``data_dir`` or ``$METASPO_DATA_DIR``).
+
+    Raises :class:`TaskLoadError`: with the default places, one line naming the task and the
+    ``metaspo data fetch`` command; otherwise naming the task and every place looked. A local
+    file that exists but is malformed raises at once.
     """
     tried: list[str] = []
+    default_places = data_dir is None and default_data_dir() is None
     if source in ("auto", "local"):
-        base = resolve_data_dir(data_dir)
-        if base is None:
-            tried.append("local: no data_dir given, $METASPO_DATA_DIR unset, ../shared/data absent")
-        else:
-            path = local_path(base, spec.folder, spec.name)
+        for kind, root in data_roots(data_dir):
+            path = local_path(root, spec.folder, spec.name)
             if path.is_file():
-                return read_splits(path, spec.name), {"source": "local", "path": str(path)}
-            tried.append(f"local file {path} (not found)")
+                return read_splits(path, spec.name), {"source": "local", "path": str(path), "origin": kind}
+            tried.append(f"{kind}: {path} (not found)")
     if source in ("auto", "bigbench"):
         if spec.name in BIGBENCH_LAYOUT:
             try:
@@ -113,12 +140,14 @@ def fetch_splits(
                 tried.append(f"bigbench package: {exc}")
         elif source == "bigbench":
             tried.append("bigbench package: not a BIG-bench task")
-    if source in ("auto", "hub"):
+    if source == "hub":
         try:
             splits = hub_splits(spec.name, hub_limit)
             return splits, {"source": "hub", "dataset": HUB_SOURCES[spec.name].describe()}
         except TaskLoadError as exc:
             tried.append(f"Hugging Face hub: {exc}")
+    if source == "auto" and default_places:
+        raise missing_task_error(spec)
     raise TaskLoadError(
         f"task {spec.name!r} could not be loaded (source={source!r}); looked in:\n  - " + "\n  - ".join(tried)
     )
@@ -134,6 +163,13 @@ def _origin(metadata: dict[str, Any] | None) -> str:
     if metadata.get("task"):
         return f"the bigbench package's task {metadata['task']}"
     return f"{metadata.get('source', 'the')} source"
+
+
+def _caveat_info(spec: TaskSpec, metadata: dict[str, Any] | None) -> dict[str, Any]:
+    """``{"caveats": [...]}`` for rows from our bundled or fetched data, else nothing."""
+    if (metadata or {}).get("origin") in ("bundled", "fetched"):
+        return {"caveats": [str(c) for c in caveats(spec.name, origin=metadata["origin"])]}  # type: ignore[index]
+    return {}
 
 
 def build_task(
@@ -158,6 +194,7 @@ def build_task(
     )
     info = {
         **(metadata or {}),
+        **_caveat_info(spec, metadata),
         "role": spec.role,
         "available": {"train": len(splits.get("train", [])), "test": len(splits.get("test", []))},
         "seed": seed,
@@ -196,8 +233,8 @@ def load_task(
 
     Args:
         name: task name.
-        data_dir: folder in the reference's layout (default ``$METASPO_DATA_DIR`` or
-            ``../shared/data``).
+        data_dir: folder in the reference's layout (default: ``$METASPO_DATA_DIR`` if set, else
+            the user cache then the bundled data).
         source: ``auto``, ``local``, ``bigbench`` or ``hub`` (ignored by generated tasks).
         prompt_format: ``dspy`` or ``reference`` (see the module docstring).
         train_size, test_size: cut sizes (None = all); capped at what exists, with a warning.
@@ -208,8 +245,9 @@ def load_task(
         generator_seed: seed of a generated task's pool.
 
     Raises:
-        TaskLoadError: unknown task (with suggestions), or no source has it (naming every place
-            looked), or malformed data.
+        TaskLoadError: unknown task (with suggestions), or no source has it (with the default
+            places: naming ``metaspo data fetch``; else naming every place looked), or malformed
+            data.
         ValueError: a bad ``source``, ``prompt_format`` or size.
     """
     if prompt_format not in PROMPT_FORMATS:

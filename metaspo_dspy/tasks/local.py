@@ -1,8 +1,18 @@
-"""Local data in the reference's on-disk format: ``{data_dir}/{folder}/{task}.json``.
+"""Local data in the reference's on-disk format: ``{root}/{folder}/{task}.json``.
 
 Each file is ``{"train": [row, ...], "test": [row, ...]}``; a row has ``question`` and either
 ``answer`` (a string, or an int 1-5 for Amazon) or ``answers`` (a list of strings, grounding).
 Extra keys are kept and ignored.
+
+Where a task's file is looked for (:func:`data_roots`), first match wins:
+
+1. ``data_dir`` when given (``--data-dir``, config ``data.data_dir``): that folder only;
+2. else ``$METASPO_DATA_DIR`` when set: that folder only;
+3. else the user cache (``$METASPO_CACHE_DIR``, default ``~/.cache/metaspo-dspy/data``, or
+   ``$XDG_CACHE_HOME/metaspo-dspy/data``), where ``metaspo data fetch`` writes, **then** the data
+   bundled in the package (``metaspo_dspy/data``). The cache wins so a file you put there
+   replaces a bundled subset; ``metaspo data fetch`` itself only writes tasks that are not
+   bundled, so the two never hold the same task unless you put it there.
 """
 
 from __future__ import annotations
@@ -15,6 +25,9 @@ from typing import Any
 from metaspo_dspy.io import NotUtf8Error, read_text
 
 DATA_DIR_ENV = "METASPO_DATA_DIR"
+CACHE_DIR_ENV = "METASPO_CACHE_DIR"
+#: the bundled subsets (redistributable tasks only; see ``NOTICE.md`` there)
+BUNDLED_DIR = Path(__file__).resolve().parents[1] / "data"
 
 
 class TaskLoadError(ValueError):
@@ -22,18 +35,42 @@ class TaskLoadError(ValueError):
 
 
 def default_data_dir() -> Path | None:
-    """``$METASPO_DATA_DIR`` if set, else ``../shared/data`` (relative to the current directory)
-    if that folder exists, else None."""
+    """The folder named by ``$METASPO_DATA_DIR``, or None when it is unset (then the user cache
+    and the bundled data are used, :func:`data_roots`)."""
     env = os.environ.get(DATA_DIR_ENV)
+    return Path(env).expanduser() if env else None
+
+
+def cache_dir() -> Path:
+    """Where ``metaspo data fetch`` writes: ``$METASPO_CACHE_DIR``, else
+    ``$XDG_CACHE_HOME/metaspo-dspy/data``, else ``~/.cache/metaspo-dspy/data``. Not created here."""
+    env = os.environ.get(CACHE_DIR_ENV)
     if env:
         return Path(env).expanduser()
-    candidate = Path.cwd().parent / "shared" / "data"
-    return candidate if candidate.is_dir() else None
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
+    return base / "metaspo-dspy" / "data"
 
 
-def resolve_data_dir(data_dir: str | os.PathLike | None) -> Path | None:
-    """``data_dir`` as a Path, or :func:`default_data_dir` when it is None."""
-    return Path(data_dir).expanduser() if data_dir is not None else default_data_dir()
+def data_roots(data_dir: str | os.PathLike | None = None) -> list[tuple[str, Path]]:
+    """The folders searched for task files, in order, each with its kind: ``[("data_dir", DIR)]``
+    for an explicit ``data_dir``, ``[("$METASPO_DATA_DIR", DIR)]`` when that is set, else
+    ``[("fetched", cache_dir()), ("bundled", BUNDLED_DIR)]``."""
+    if data_dir is not None:
+        return [("data_dir", Path(data_dir).expanduser())]
+    env = default_data_dir()
+    if env is not None:
+        return [(f"${DATA_DIR_ENV}", env)]
+    return [("fetched", cache_dir()), ("bundled", BUNDLED_DIR)]
+
+
+def find_file(relative: str | Path, data_dir: str | os.PathLike | None = None) -> tuple[str, Path] | None:
+    """The first ``root / relative`` that is a file, with its root's kind, else None."""
+    for kind, root in data_roots(data_dir):
+        path = root / relative
+        if path.is_file():
+            return kind, path
+    return None
 
 
 def local_path(data_dir: Path, folder: str, task: str) -> Path:

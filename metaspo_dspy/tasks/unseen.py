@@ -1,10 +1,13 @@
 """The stored user prompts of the unseen-generalization protocol.
 
-``{data_dir}/unseen_user_prompts/<task>.json`` holds 30 APE-made user prompts per unseen task, as
+``{root}/unseen_user_prompts/<task>.json`` holds 30 APE-made user prompts per unseen task, as
 the reference published them (``harmless.json`` belongs to ``antropic_harmless``); the protocol
-uses the first 10. Each ends with the reference's raw-prompt suffix: the
-``<Question>{question}</Question>`` slot and the task's answer-format line. The DSPy format drops
-both (its adapter delimits the input and output fields); the reference format keeps the text as is.
+uses the first 10. The reference repository states no licence, so they are not bundled:
+``metaspo data fetch <task or domain>`` downloads them into the user cache. The roots searched are
+those of the task files (:func:`~metaspo_dspy.tasks.local.data_roots`). Each prompt ends with the
+reference's raw-prompt suffix: the ``<Question>{question}</Question>`` slot and the task's
+answer-format line. The DSPy format drops both (its adapter delimits the input and output
+fields); the reference format keeps the text as is.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ from __future__ import annotations
 import os
 import warnings
 
-from metaspo_dspy.tasks.local import TaskLoadError, read_json, resolve_data_dir
+from metaspo_dspy.tasks.local import TaskLoadError, cache_dir, data_roots, default_data_dir, find_file, read_json
 from metaspo_dspy.tasks.sampling import SampleSizeWarning
 from metaspo_dspy.tasks.specs import QUESTION_SLOT, get_spec
 
@@ -45,7 +48,8 @@ def load_unseen_user_prompts(
 
     DSPy format: slot and answer-format line stripped; reference format: verbatim. ``num`` above
     what is stored is capped with a :class:`SampleSizeWarning`. Raises :class:`TaskLoadError` for an
-    unknown task or a missing/malformed file (naming the path).
+    unknown task, a malformed file (naming the path), or a missing file (with the default places:
+    naming ``metaspo data fetch``; else naming the paths looked at).
     """
     if prompt_format not in ("dspy", "reference"):
         raise ValueError(f"prompt_format must be 'dspy' or 'reference', got {prompt_format!r}")
@@ -53,10 +57,23 @@ def load_unseen_user_prompts(
         spec = get_spec(task)
     except KeyError as exc:
         raise TaskLoadError(exc.args[0]) from None
-    base = resolve_data_dir(data_dir)
-    if base is None:
-        raise TaskLoadError(f"task {spec.name!r}: no data_dir given, $METASPO_DATA_DIR unset and ../shared/data absent")
-    path = base / UNSEEN_FOLDER / f"{spec.unseen_file or spec.name}.json"
+    relative = f"{UNSEEN_FOLDER}/{spec.unseen_file or spec.name}.json"
+    found = find_file(relative, data_dir)
+    if found is None:
+        if data_dir is None and default_data_dir() is None and not spec.unseen_file:
+            raise TaskLoadError(
+                f"task {spec.name!r} has no stored unseen user prompts (the reference published them for its unseen "
+                "tasks only; use --user-prompts generate)"
+            )
+        if data_dir is None and default_data_dir() is None:
+            raise TaskLoadError(
+                f"task {spec.name!r}: the authors' unseen user prompts are not on this machine (not bundled: the "
+                f"reference states no licence; not fetched into {cache_dir()}): run `metaspo data fetch {spec.name}` "
+                "(or let metaspo generate user prompts: --user-prompts generate)"
+            )
+        places = ", ".join(str(root / relative) for _, root in data_roots(data_dir))
+        raise TaskLoadError(f"task {spec.name!r} has no stored unseen user prompts: file not found: {places}")
+    path = found[1]
     try:
         prompts = read_json(path)
     except TaskLoadError as exc:
