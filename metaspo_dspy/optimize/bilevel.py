@@ -10,81 +10,43 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from metaspo_dspy.evaluation import GridEvaluator
-from metaspo_dspy.faults import FaultLog
-from metaspo_dspy.optimize.artifact import ARTIFACT_FORMAT, reference_bilevel_nodes, run_settings
-from metaspo_dspy.optimize.common import SearchBase, TaskRun, total_usage
-from metaspo_dspy.optimize.proposer import Proposer, io_pairs
+from metaspo_dspy.optimize.artifact import reference_bilevel_nodes, run_settings
+from metaspo_dspy.optimize.proposer import io_pairs
+from metaspo_dspy.optimize.runner import BudgetStop, SearchRun
 from metaspo_dspy.optimize.state import BilevelState, PromptNode
+from metaspo_dspy.optimize.task_run import TaskRun
 from metaspo_dspy.program import MetaSPOProgram, SystemPrompt
-from metaspo_dspy.runs import RunDir
 from metaspo_dspy.seeding import rng_for
 
-
-class BudgetStop(Exception):
-    """The next phase would exceed the run's budget (caught: the run ends with what it has)."""
+__all__ = ["BilevelRun", "BudgetStop"]
 
 
-class BilevelRun(SearchBase):
+class BilevelRun(SearchRun):
     """One execution of MetaSPO.compile (state, history, artifact)."""
 
     def __init__(self, owner: Any, tasks: dict[str, TaskRun]):
-        self.settings = run_settings(owner, tasks)
-        self.run_dir = RunDir(owner.log_dir, self.settings, owner.resume) if owner.log_dir is not None else None
-        evaluator = GridEvaluator(
-            owner.task_lm,
-            owner.adapter,
-            owner.num_threads,
-            owner.progress,
-            journal=self.run_dir.evaluations if self.run_dir else None,
-        )
-        proposer = Proposer(
-            owner.optimizer_lm,
-            owner.optimizer_adapter,
-            owner.seed,
-            owner.max_prompt_chars,
-            num_threads=min(owner.num_threads, 16),
-            journal=self.run_dir.proposals if self.run_dir else None,
-        )
         super().__init__(
+            owner,
             tasks,
-            evaluator,
-            proposer,
-            owner.instructions_in,
-            owner.seed,
-            owner.num_wrong_user,
-            owner.num_wrong_system,
+            run_settings(owner, tasks),
+            num_wrong_user=owner.num_wrong_user,
+            num_wrong_system=owner.num_wrong_system,
         )
-        self.o = owner
-        self.phase_callback = owner.phase_callback
         self.iterations = owner.num_iterations * (2 if owner.method == "outer_loop" else 1)
-        self.steps: list[dict[str, Any]] = []
         self.decisions: list[dict[str, Any]] = []
-        self.state: BilevelState | None = None
-        self.stopped: str | None = None
-        self.faults = FaultLog(self.run_dir.path / "faults.jsonl" if self.run_dir is not None else None)
-        self.max_failure_share = owner.max_failure_share
 
     # -- the loop ----------------------------------------------------------------------------
-    def execute(self) -> MetaSPOProgram:
-        try:
-            with self.faults:
-                state = self.initialize()
-                try:
-                    for iteration in range(self.iterations):
-                        if self.o.method != "outer_loop":
-                            self.within_budget("inner", self.planned(state, "inner"))
-                            state = self.inner_loop(state, iteration)
-                        self.within_budget("outer", self.planned(state, "outer"))
-                        state = self.outer_loop(state, iteration)
-                    self.within_budget("test", self.planned(state, "test"))
-                    self.test(state)
-                except BudgetStop as stop:
-                    self.stopped = str(stop)
-                return self.result(state)
-        finally:
-            if self.run_dir is not None:
-                self.run_dir.close()
+    def search(self, state: BilevelState) -> BilevelState:
+        for iteration in range(self.iterations):
+            if self.o.method != "outer_loop":
+                self.within_budget("inner", self.planned(state, "inner"))
+                state = self.inner_loop(state, iteration)
+            self.within_budget("outer", self.planned(state, "outer"))
+            state = self.outer_loop(state, iteration)
+        return state
+
+    def planned_test(self, state: BilevelState) -> dict[str, int]:
+        return self.planned(state, "test")
 
     # -- budget ------------------------------------------------------------------------------
     def planned(self, state: BilevelState, phase: str) -> dict[str, int]:
@@ -104,19 +66,6 @@ class BilevelRun(SearchBase):
             }
         tests = sum(len(ids) * len(self.tasks[name].testset or []) for name, ids in state.beams.items())
         return {"task": tests, "optimizer": 0}
-
-    def within_budget(self, phase: str, planned: dict[str, int]) -> None:
-        """Raise :class:`BudgetStop` when the next phase may not fit in the budget."""
-        budget = self.o.budget
-        if not budget.limited:
-            return
-        used_calls = sum(p.task_lm_calls + p.optimizer_calls for p in self.phases)
-        usage = total_usage(self.phases)
-        reason = budget.refusal(
-            phase, used_calls, usage["task_lm"], usage["optimizer_lm"], planned["task"], planned["optimizer"]
-        )
-        if reason is not None:
-            raise BudgetStop(f"stopped before the {phase} phase: {reason}; the result is the best found so far")
 
     def initialize(self) -> BilevelState:
         self.begin("initial", None)
@@ -287,7 +236,7 @@ class BilevelRun(SearchBase):
         # The last snapshot holds the final beams: refresh it with the test scores.
         self.steps[-1]["nodes"] = self._beam_dicts(state)
         self.checkpoint()
-        self._notify(state)
+        self.notify(state.meta_score(self.store))
 
     # -- results -----------------------------------------------------------------------------
     def _beam_dicts(self, state: BilevelState) -> dict[str, list[dict[str, Any]]]:
@@ -306,19 +255,7 @@ class BilevelRun(SearchBase):
             }
         )
         self.checkpoint()
-        self._notify(state)
-
-    def after_phase(self, log) -> None:
-        """Deferred: the callback runs once the phase's snapshot and checkpoint exist."""
-
-    def _notify(self, state: BilevelState) -> None:
-        if self.phases and self.phase_callback is not None:
-            self.phases[-1].meta_score = state.meta_score(self.store)
-            self.phase_callback(self.phases[-1])
-
-    def checkpoint(self) -> None:
-        if self.run_dir is not None and self.state is not None:
-            self.run_dir.checkpoint(self.artifact(self.state, complete=False))
+        self.notify(state.meta_score(self.store))
 
     def artifact(self, state: BilevelState, complete: bool = True) -> dict[str, Any]:
         """The run history as plain data (see the README's "The run artifact")."""
@@ -335,31 +272,17 @@ class BilevelRun(SearchBase):
                     for i in ids
                 ],
             }
-        return {
-            "format": ARTIFACT_FORMAT,
-            "complete": complete,
-            "method": self.o.method,
-            "settings": self.settings,
-            "initial_system_prompt": self.o.initial_system_prompt,
-            "optimized_system_prompt": state.system_prompt,
-            "meta_score": state.meta_score(self.store),
-            "tasks": per_task,
-            "steps": self.steps,
-            "outer_decisions": self.decisions,
-            "proposals": [p.to_dict() for p in self.proposals],
-            "nodes": [n.to_dict() for n in self.store.nodes.values()],
-            "phases": [p.to_dict() for p in self.phases],
-            "faults": dict(self.faults.counts),
-            "stopped": self.stopped,
-            "budget": self.o.budget.to_dict(),
-            "usage": total_usage(self.phases),
-            "calls": {
-                "task_lm": sum(p.task_lm_calls for p in self.phases),
-                "optimizer_lm": sum(p.optimizer_calls for p in self.phases),
-                "task_lm_reused": sum(p.reused_evaluations for p in self.phases),
-                "optimizer_reused": self.proposer.reused,
+        return self.frame(
+            complete,
+            {
+                "initial_system_prompt": self.o.initial_system_prompt,
+                "optimized_system_prompt": state.system_prompt,
+                "meta_score": state.meta_score(self.store),
+                "tasks": per_task,
+                "steps": self.steps,
+                "outer_decisions": self.decisions,
             },
-        }
+        )
 
     def result(self, state: BilevelState) -> MetaSPOProgram:
         data = self.artifact(state)
@@ -373,9 +296,5 @@ class BilevelRun(SearchBase):
             adapter=self.o.adapter,
             detailed_results=data,
         )
-        if self.run_dir is not None:
-            self.run_dir.write("metaspo_run.json", data)
-            self.run_dir.write("bilevel_nodes.json", reference_bilevel_nodes(data))
-            best.save(self.run_dir.path / "program.json")
-            self.run_dir.checkpoint(data)
+        self.write_results(data, best, {"bilevel_nodes.json": reference_bilevel_nodes(data)})
         return best

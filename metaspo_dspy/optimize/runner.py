@@ -1,0 +1,175 @@
+"""One run of a teleprompter over several tasks: run directory, budget, checkpoints and artifact.
+
+:class:`SearchRun` is the part every multi-task method shares (MetaSPO's :class:`BilevelRun`,
+SPRIG's :class:`SprigRun`): it opens the run directory (settings, journals, lock), builds the grid
+evaluator and the proposer on its journals, records faults, checks the budget before each phase,
+writes a checkpoint after each phase, and writes the results at the end. A method supplies the
+loop (:meth:`SearchRun.search`), its state snapshots and the method-specific part of the artifact.
+
+Contract of :meth:`SearchRun.execute`: ``initialize`` then ``search`` then ``test``; a
+:class:`BudgetStop` raised by :meth:`SearchRun.within_budget` ends the run cleanly with the state of
+the last finished phase (``self.state``, set by the method's snapshots) and the reason in
+``stopped``; the run directory's lock is always released.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from metaspo_dspy.evaluation import GridEvaluator
+from metaspo_dspy.faults import FaultLog
+from metaspo_dspy.optimize.artifact import ARTIFACT_FORMAT
+from metaspo_dspy.optimize.proposer import Proposer
+from metaspo_dspy.optimize.search import PhaseLog, SearchBase, total_usage
+from metaspo_dspy.optimize.task_run import TaskRun
+from metaspo_dspy.program import MetaSPOProgram
+from metaspo_dspy.runs import RunDir
+
+
+class BudgetStop(Exception):
+    """The next phase would exceed the run's budget (caught: the run ends with what it has)."""
+
+
+class SearchRun(SearchBase):
+    """A teleprompter's run over ``tasks`` with the settings of ``owner`` (the teleprompter).
+
+    ``owner`` provides ``task_lm``, ``optimizer_lm``, ``adapter``, ``optimizer_adapter``,
+    ``num_threads``, ``progress``, ``seed``, ``max_prompt_chars``, ``instructions_in``,
+    ``log_dir``, ``resume``, ``phase_callback``, ``max_failure_share``, ``budget`` and ``method``;
+    ``settings`` is what shapes the results (compared on resume).
+    """
+
+    def __init__(self, owner: Any, tasks: Mapping[str, TaskRun], settings: dict[str, Any], **search: Any):
+        self.settings = settings
+        self.run_dir = RunDir(owner.log_dir, self.settings, owner.resume) if owner.log_dir is not None else None
+        evaluator = GridEvaluator(
+            owner.task_lm,
+            owner.adapter,
+            owner.num_threads,
+            owner.progress,
+            journal=self.run_dir.evaluations if self.run_dir else None,
+        )
+        proposer = Proposer(
+            owner.optimizer_lm,
+            owner.optimizer_adapter,
+            owner.seed,
+            owner.max_prompt_chars,
+            num_threads=min(owner.num_threads, 16),
+            journal=self.run_dir.proposals if self.run_dir else None,
+        )
+        super().__init__(tasks, evaluator, proposer, owner.instructions_in, owner.seed, **search)
+        self.o = owner
+        self.phase_callback = owner.phase_callback
+        self.steps: list[dict[str, Any]] = []
+        self.state: Any = None
+        self.stopped: str | None = None
+        self.faults = FaultLog(self.run_dir.path / "faults.jsonl" if self.run_dir is not None else None)
+        self.max_failure_share = owner.max_failure_share
+
+    # -- the method's part -------------------------------------------------------------------
+    def initialize(self) -> Any:
+        """Evaluate the starting point; returns the first state (after its snapshot)."""
+        raise NotImplementedError
+
+    def search(self, state: Any) -> Any:
+        """The method's loop from ``state``; returns the final state. Calls :meth:`within_budget`
+        before each phase and snapshots after each."""
+        raise NotImplementedError
+
+    def test(self, state: Any) -> None:
+        """Score the final state on the test sets (a no-op without test sets)."""
+        raise NotImplementedError
+
+    def planned_test(self, state: Any) -> dict[str, int]:
+        """Upper bounds on the test phase's task and optimizer calls."""
+        raise NotImplementedError
+
+    def artifact(self, state: Any, complete: bool = True) -> dict[str, Any]:
+        """The run history as plain data (see :meth:`frame`)."""
+        raise NotImplementedError
+
+    def result(self, state: Any) -> MetaSPOProgram:
+        """The optimized program (results written to the run directory)."""
+        raise NotImplementedError
+
+    # -- the loop ----------------------------------------------------------------------------
+    def execute(self) -> MetaSPOProgram:
+        """Run ``initialize``, ``search`` and ``test``; see the module docstring."""
+        try:
+            with self.faults:
+                state = self.initialize()
+                try:
+                    state = self.search(state)
+                    self.within_budget("test", self.planned_test(state))
+                    self.test(state)
+                except BudgetStop as stop:
+                    self.stopped = str(stop)
+                    state = self.state
+                return self.result(state)
+        finally:
+            if self.run_dir is not None:
+                self.run_dir.close()
+
+    def within_budget(self, phase: str, planned: dict[str, int]) -> None:
+        """Raise :class:`BudgetStop` when the next phase may not fit in the budget (``planned``:
+        upper bounds on its ``task`` and ``optimizer`` calls)."""
+        budget = self.o.budget
+        if not budget.limited:
+            return
+        used_calls = sum(p.task_lm_calls + p.optimizer_calls for p in self.phases)
+        usage = total_usage(self.phases)
+        reason = budget.refusal(
+            phase, used_calls, usage["task_lm"], usage["optimizer_lm"], planned["task"], planned["optimizer"]
+        )
+        if reason is not None:
+            raise BudgetStop(f"stopped before the {phase} phase: {reason}; the result is the best found so far")
+
+    # -- phases, checkpoints, results ----------------------------------------------------------
+    def after_phase(self, log: PhaseLog) -> None:
+        """Deferred: the callback runs once the phase's snapshot and checkpoint exist."""
+
+    def notify(self, meta_score: float) -> None:
+        """Record ``meta_score`` on the last phase and hand it to ``phase_callback``."""
+        if self.phases and self.phase_callback is not None:
+            self.phases[-1].meta_score = meta_score
+            self.phase_callback(self.phases[-1])
+
+    def checkpoint(self) -> None:
+        if self.run_dir is not None and self.state is not None:
+            self.run_dir.checkpoint(self.artifact(self.state, complete=False))
+
+    def frame(self, complete: bool, body: dict[str, Any]) -> dict[str, Any]:
+        """An artifact: the shared head (format, complete, method, settings), the method's ``body``,
+        then the shared tail (proposals, nodes, phases, faults, stopped, budget, usage, calls)."""
+        return {
+            "format": ARTIFACT_FORMAT,
+            "complete": complete,
+            "method": self.o.method,
+            "settings": self.settings,
+            **body,
+            "proposals": [p.to_dict() for p in self.proposals],
+            "nodes": [n.to_dict() for n in self.store.nodes.values()],
+            "phases": [p.to_dict() for p in self.phases],
+            "faults": dict(self.faults.counts),
+            "stopped": self.stopped,
+            "budget": self.o.budget.to_dict(),
+            "usage": total_usage(self.phases),
+            "calls": {
+                "task_lm": sum(p.task_lm_calls for p in self.phases),
+                "optimizer_lm": sum(p.optimizer_calls for p in self.phases),
+                "task_lm_reused": sum(p.reused_evaluations for p in self.phases),
+                "optimizer_reused": self.proposer.reused,
+            },
+        }
+
+    def write_results(self, data: dict[str, Any], best: MetaSPOProgram, extra: Mapping[str, Any] | None = None) -> None:
+        """Write ``metaspo_run.json``, the ``extra`` files, ``program.json`` and the last
+        checkpoint into the run directory (nothing without one)."""
+        if self.run_dir is None:
+            return
+        self.run_dir.write("metaspo_run.json", data)
+        for name, content in (extra or {}).items():
+            self.run_dir.write(name, content)
+        best.save(self.run_dir.path / "program.json")
+        self.run_dir.checkpoint(data)

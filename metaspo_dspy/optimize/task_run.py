@@ -1,0 +1,86 @@
+"""A task inside an optimization run (its private program copy, data and metric), and the checks
+on the examples and arguments every optimizer receives."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import dspy
+
+from metaspo_dspy.metrics import Metric
+
+
+class ConfigError(ValueError):
+    """Bad arguments to an optimizer; the message names the problem and the fix."""
+
+
+def check_examples(task: str, examples: Any, split: str) -> list[dspy.Example]:
+    """A task's examples as a list, each a ``dspy.Example`` with inputs set."""
+    if examples is None or isinstance(examples, (str, bytes)) or not hasattr(examples, "__iter__"):
+        raise ConfigError(f"{split} set of task {task!r} must be a list of dspy.Example, got {type(examples).__name__}")
+    examples = list(examples)
+    if not examples:
+        raise ConfigError(f"{split} set of task {task!r} is empty; give it at least one dspy.Example")
+    for i, example in enumerate(examples):
+        if not isinstance(example, dspy.Example):
+            raise ConfigError(
+                f"{split} example {i} of task {task!r} is a {type(example).__name__}, not a dspy.Example; "
+                "build it with dspy.Example(...).with_inputs(...)"
+            )
+        if not example._input_keys:
+            raise ConfigError(
+                f"{split} example {i} of task {task!r} has no input fields; call .with_inputs('question', ...)"
+            )
+    return examples
+
+
+@dataclass
+class TaskRun:
+    """One task inside a run: a private copy of its program, its data and its metric."""
+
+    name: str
+    program: dspy.Module
+    trainset: list[dspy.Example]
+    metric: Metric
+    testset: list[dspy.Example] | None = None
+    suffix: str = ""
+    _prepared: dict[tuple, dspy.Module] = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        self.program = self.program.deepcopy()
+        if not self.program.named_predictors():
+            raise ConfigError(f"the program of task {self.name!r} has no dspy.Predict inside; nothing to optimize")
+
+    @property
+    def predictor_names(self) -> list[str]:
+        return [name for name, _ in self.program.named_predictors()]
+
+    @property
+    def input_names(self) -> list[str]:
+        names: dict[str, None] = {}
+        for example in self.trainset:
+            names.update(dict.fromkeys(example._input_keys))
+        return list(names)
+
+    @staticmethod
+    def prompt_key(user_prompt: Mapping[str, str]) -> str:
+        """A hashable identity for a (possibly multi-predictor) user prompt."""
+        return json.dumps(sorted(user_prompt.items()), ensure_ascii=False)
+
+    def initial_user_prompt(self) -> dict[str, str]:
+        return {name: p.signature.instructions for name, p in self.program.named_predictors()}
+
+    def prepared(self, user_prompt: Mapping[str, str]) -> dspy.Module:
+        """A copy of the program whose predictors carry ``user_prompt`` (cached; never mutated)."""
+        key = tuple(sorted(user_prompt.items()))
+        program = self._prepared.get(key)
+        if program is None:
+            program = self.program.deepcopy()
+            for name, predictor in program.named_predictors():
+                if name in user_prompt:
+                    predictor.signature = predictor.signature.with_instructions(user_prompt[name])
+            self._prepared[key] = program
+        return program
