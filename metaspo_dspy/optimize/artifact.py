@@ -11,7 +11,7 @@ import dspy
 
 from metaspo_dspy.adapters import adapter_name
 from metaspo_dspy.evaluation import lm_identity, program_state
-from metaspo_dspy.optimize.common import TaskRun
+from metaspo_dspy.optimize.task_run import TaskRun
 
 ARTIFACT_FORMAT = "metaspo-dspy/run/v1"
 
@@ -68,9 +68,16 @@ def reference_bilevel_nodes(artifact: Mapping[str, Any]) -> dict[str, Any]:
     ``{"optimized_system_prompt", "nodes": [[[node, ...] per task] per step]}`` with each node as
     ``{id, task, system_prompt, instruction, parent_id, depth, eval_metric, test_metric}``
     (``test_metric`` -1 where not tested); multi-predictor user prompts are joined into one text.
-    """
 
-    def convert(node: Mapping[str, Any]) -> dict[str, Any]:
+    The reference's steps hold the same node objects, so a node shows its latest scores in every
+    step it appears in (a final-beam node carries its test score in earlier steps too): each node
+    is written from the artifact's ``nodes`` list (the final state of every node) where it is
+    there, else from the step's snapshot.
+    """
+    latest = {node["id"]: node for node in artifact.get("nodes", [])}
+
+    def convert(snapshot: Mapping[str, Any]) -> dict[str, Any]:
+        node = latest.get(snapshot["id"], snapshot)
         prompt = node["user_prompt"]
         instruction = (
             next(iter(prompt.values())) if len(prompt) == 1 else "\n\n".join(f"[{k}]\n{v}" for k, v in prompt.items())

@@ -3,7 +3,7 @@ and APE input/output pairs, rendered as text for the optimizer's prompts."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -53,14 +53,34 @@ def format_fields(values: dict[str, Any], names: Sequence[str] | None = None) ->
     return "\n".join(lines)
 
 
+#: ``parse(example, prediction) -> parsed answer``: a task metric's own answer parser.
+Parser = Callable[[dspy.Example, Any], Any]
+
+
+def parser_of(metric: Any) -> Parser | None:
+    """The answer parser of a task metric (``metric.parse``, or ``metric.per_example.parse`` for a
+    task-level metric), or None when the metric has none (a plain function)."""
+    for owner in (metric, getattr(metric, "per_example", None)):
+        parse = getattr(owner, "parse", None)
+        if callable(parse):
+            return parse
+    return None
+
+
 def wrong_example(
     task: str,
     example: dspy.Example,
     result: ExampleResult,
     system_prompt: str,
     predictor: str | None = None,
+    parse: Parser | None = None,
 ) -> WrongExample:
-    """Describe a wrong result, using the last LM call of ``predictor`` (or the last call at all)."""
+    """Describe a wrong result, using the last LM call of ``predictor`` (or the last call at all).
+
+    The *parsed prediction* is what ``parse`` (the task metric's parser, see :func:`parser_of`)
+    reads from the prediction -- in the reference format the answer inside the last
+    ``<answer>`` tag, not the raw completion, which is shown as the model response --, else the
+    prediction's output fields."""
     calls = [c for c in result.calls if predictor is None or c.predictor == predictor] or result.calls
     call = calls[-1] if calls else None
     user_message = "(no LM call was made)"
@@ -69,6 +89,12 @@ def wrong_example(
         user_message = message_text(users[-1]["content"]) if users else ""
     if result.prediction is not None:
         prediction = format_fields(result.prediction)
+        if parse is not None:
+            try:
+                parsed = parse(example, result.prediction)
+                prediction = "(unparsable)" if parsed is None else str(parsed)
+            except Exception:  # a parser that cannot read it: show the fields as they are
+                pass
     else:
         prediction = f"(failed: {result.error})"
     return WrongExample(
