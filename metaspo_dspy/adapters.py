@@ -15,8 +15,9 @@ descriptions, the field structure and the signature's instructions. This module 
   message; the whole completion is the single output field.
 
 Every adapter made here reports the messages it formats and the completions it parses to the
-:class:`CallRecorder` found in ``dspy.settings.metaspo_recorder`` (if any); the evaluator uses this
-to show the optimizer what the model saw and said. It also refuses empty and truncated answers
+:class:`~metaspo_dspy.recorder.CallRecorder` found in ``dspy.settings.metaspo_recorder`` (if any),
+each completion paired with its own call; the evaluator uses this to show the optimizer what the
+model saw and said. It also refuses empty and truncated answers
 (:mod:`metaspo_dspy.responses`: an empty one is asked once more, bypassing DSPy's cache, then
 raises ``EmptyResponse``; a truncated one raises ``TruncatedResponse``), and reports them and
 every parse failure to the run's fault log.
@@ -25,58 +26,40 @@ every parse failure to the run's fault log.
 from __future__ import annotations
 
 import copy
+import functools
 import threading
-from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import dspy
+import dspy.utils.callback as _dspy_callbacks
 from dspy.adapters.base import Adapter
 from dspy.utils.exceptions import AdapterParseError
 
 from metaspo_dspy import faults, responses
+from metaspo_dspy import recorder as recording
+from metaspo_dspy.recorder import CallRecorder, LMCall
 from metaspo_dspy.redact import redact
+from metaspo_dspy.reference_adapter import ReferenceAdapter
+
+__all__ = [
+    "ADAPTERS",
+    "CallRecorder",
+    "InstructionsIn",
+    "LMCall",
+    "ReferenceAdapter",
+    "adapter_name",
+    "base_adapter",
+    "make_adapter",
+    "message_text",
+    "observed",
+    "placement_of",
+    "system_prompt_of",
+    "with_system_prompt",
+]
 
 InstructionsIn = Literal["user", "system"]
 _PLACEMENTS = ("user", "system")
-
-
-@dataclass
-class LMCall:
-    """One adapter round trip: the messages sent and the raw completion received (if any)."""
-
-    predictor: str | None
-    messages: list[dict[str, Any]]
-    completion: str | None = None
-
-
-@dataclass
-class CallRecorder:
-    """Collects the LM calls of one program run (thread-safe appends).
-
-    ``predictor_names`` maps ``id(predictor)`` to its name in the program, so each call is
-    attributed to the predictor that made it.
-    """
-
-    predictor_names: dict[int, str] = field(default_factory=dict)
-    calls: list[LMCall] = field(default_factory=list)
-    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
-
-    def start(self, messages: list[dict[str, Any]]) -> None:
-        caller = (dspy.settings.caller_modules or [None])[-1]
-        name = self.predictor_names.get(id(caller)) if caller is not None else None
-        with self._lock:
-            self.calls.append(LMCall(predictor=name, messages=messages))
-
-    def finish(self, completion: str) -> None:
-        with self._lock:
-            for call in reversed(self.calls):
-                if call.completion is None:
-                    call.completion = completion
-                    return
-
-
-def _recorder() -> CallRecorder | None:
-    return dspy.settings.get("metaspo_recorder")
+_CALLBACKS_FILE = _dspy_callbacks.__file__  # where DSPy's with_callbacks wrappers are defined
 
 
 def message_text(content: Any) -> str:
@@ -103,36 +86,58 @@ def _prepend_text(content: Any, text: str) -> Any:
     return _join(text, content)
 
 
+def _without_callbacks(fn: Any) -> Any:
+    """``fn`` without the ``with_callbacks`` layers DSPy's ``Adapter.__init_subclass__`` puts on
+    ``format``/``parse`` (other decorators are kept)."""
+    while hasattr(fn, "__wrapped__") and getattr(getattr(fn, "__code__", None), "co_filename", None) == _CALLBACKS_FILE:
+        fn = fn.__wrapped__
+    return fn
+
+
+@functools.lru_cache(maxsize=512)
+def _without_instructions(signature: type) -> type:
+    """A copy of ``signature`` whose instructions are empty (``with_instructions("")`` would put
+    DSPy's default instructions back); the original class is never touched."""
+    bare = signature.with_instructions(" ")
+    bare.instructions = ""
+    return bare
+
+
 class _SystemPromptMixin:
     """Mixed in front of an adapter class by :func:`with_system_prompt` (never used alone)."""
 
-    # Adapters that place the instructions themselves (ReferenceAdapter) set a class attribute
-    # ``embeds_instructions = True``; it is looked up on the base class, so it is not defined here.
     system_prompt_text: str = ""
     instructions_in: InstructionsIn = "user"
 
-    def _embeds_instructions(self) -> bool:
-        return getattr(self, "embeds_instructions", False)
+    def _places_instructions(self) -> bool:
+        """True when this adapter moves the instructions to the user message itself."""
+        return self.instructions_in == "user" and not getattr(self, "embeds_instructions", False)
 
     def format_task_description(self, signature):
-        if self.instructions_in == "user" and not self._embeds_instructions():
-            return ""
-        return super().format_task_description(signature)
+        if not self._places_instructions():
+            return super().format_task_description(signature)
+        base = super().format_task_description
+        if getattr(base, "__func__", None) is dspy.ChatAdapter.format_task_description:
+            return ""  # Chat, JSON and XML: the task description is only the instructions
+        return base(_without_instructions(signature))  # e.g. TwoStepAdapter keeps its field list
 
     def format(self, signature, demos, inputs):
-        messages = [dict(m) for m in super().format(signature, demos, inputs)]
+        """The base adapter's messages with the system prompt first in the system message and,
+        under ``instructions_in="user"``, the instructions first in the last user message. This
+        method (not the base's) is the one DSPy's callbacks see, so ``on_adapter_format_end``
+        receives the messages that are sent."""
+        base_format = _without_callbacks(super().format.__func__)
+        messages = [dict(m) for m in base_format(self, signature, demos, inputs)]
         if messages and messages[0].get("role") == "system":
             messages[0]["content"] = _join(self.system_prompt_text, message_text(messages[0]["content"]))
         elif self.system_prompt_text.strip():
             messages.insert(0, {"role": "system", "content": self.system_prompt_text.strip()})
-        if self.instructions_in == "user" and not self._embeds_instructions():
+        if self._places_instructions():
             for message in reversed(messages):
                 if message.get("role") == "user":
                     message["content"] = _prepend_text(message["content"], signature.instructions)
                     break
-        recorder = _recorder()
-        if recorder is not None:
-            recorder.start(messages)
+        recording.start(messages)
         return messages
 
     def __call__(self, lm, lm_kwargs, signature, demos, inputs):
@@ -147,18 +152,15 @@ class _SystemPromptMixin:
         try:
             responses.check(outputs, lm)
         except responses.BadAnswer:
-            recorder = _recorder()
-            if recorder is not None:
-                recorder.finish("\n".join(str(responses.answer_text(o) or "") for o in outputs))
+            recording.finish("\n".join(str(responses.answer_text(o) or "") for o in outputs))
             raise
         return super()._call_postprocess(processed_signature, original_signature, outputs, lm, lm_kwargs)
 
     def parse(self, signature, completion):
-        recorder = _recorder()
-        if recorder is not None:
-            recorder.finish(completion)
+        recording.finish(completion)
+        base_parse = _without_callbacks(super().parse.__func__)
         try:
-            return super().parse(signature, completion)
+            return base_parse(self, signature, completion)
         except AdapterParseError as exc:
             faults.report("parse_error", None, redact(f"{type(self).__name__}: {str(exc)[:200]}"))
             raise
@@ -166,20 +168,44 @@ class _SystemPromptMixin:
     def _make_json_adapter_fallback(self):
         return with_system_prompt(super()._make_json_adapter_fallback(), self.system_prompt_text, self.instructions_in)
 
+    def __reduce__(self):
+        """Pickle as ``with_system_prompt(<the base adapter>, text, placement)``: the class made by
+        :func:`with_system_prompt` is built at run time and cannot be looked up by name."""
+        return (with_system_prompt, (_plain_copy(self), self.system_prompt_text, self.instructions_in))
+
+
+def _plain_copy(adapter: Any) -> Any:
+    """A shallow copy of a :func:`with_system_prompt` adapter as an instance of its base class."""
+    base_cls = _base_class(type(adapter))
+    plain = base_cls.__new__(base_cls)
+    plain.__dict__.update(adapter.__dict__)
+    for name in ("system_prompt_text", "instructions_in"):
+        plain.__dict__.pop(name, None)
+    return plain
+
+
+def _base_class(cls: type) -> type:
+    """The adapter class a :func:`with_system_prompt` class was made from (else ``cls``)."""
+    if issubclass(cls, _SystemPromptMixin):
+        return next(c for c in cls.__mro__[1:] if c is not _SystemPromptMixin)
+    return cls
+
 
 _CLASS_CACHE: dict[type, type] = {}
 _CLASS_LOCK = threading.Lock()
 
 
 def _system_prompt_class(base: type) -> type:
+    """The class ``base`` gets when it carries a system prompt: the mixin in front of ``base``,
+    under ``base``'s own name -- DSPy's ``StreamListener`` recognises adapters by class name
+    (``ChatAdapter``, ``JSONAdapter``, ``XMLAdapter``), so streaming works as it does for ``base``."""
     with _CLASS_LOCK:
         cls = _CLASS_CACHE.get(base)
         if cls is None:
-            cls = type(f"SystemPrompt{base.__name__}", (_SystemPromptMixin, base), {"__module__": __name__})
-            # Adapter.__init_subclass__ wraps format/parse with DSPy callbacks; the base class's own
-            # (already wrapped) methods run inside ours, so unwrap ours to fire callbacks once.
-            cls.format = _SystemPromptMixin.format
-            cls.parse = _SystemPromptMixin.parse
+            # Adapter.__init_subclass__ wraps the mixin's format/parse with DSPy's callbacks; the
+            # mixin calls the base's methods without theirs, so callbacks fire once, on ours.
+            cls = type(base.__name__, (_SystemPromptMixin, base), {"__module__": __name__})
+            cls.__qualname__ = f"with_system_prompt({base.__qualname__})"
             _CLASS_CACHE[base] = cls
     return cls
 
@@ -190,17 +216,25 @@ def with_system_prompt(adapter: Adapter | None, text: str, instructions_in: Inst
     Contract: the returned adapter formats exactly what ``adapter`` would, except that the system
     message starts with ``text`` (a system message is created when the base adapter has none and
     ``text`` is not empty) and, with ``instructions_in="user"``, the signature's instructions open
-    the last user message instead of closing the system message. ``adapter`` is not modified.
-    Wrapping an already wrapped adapter replaces its system prompt.
+    the last user message instead of closing the system message. The rest of the base adapter's
+    task description stays in the system message: for Chat/JSON/XML that description is only the
+    instructions, for ``TwoStepAdapter`` it also lists the input and output fields, which stay.
+
+    Public hook: an adapter class that writes ``signature.instructions`` into its messages itself
+    sets the class attribute ``embeds_instructions = True``; its instructions are then left where
+    it puts them (neither removed from its task description nor added to the user message), and
+    only the system prompt is added. ``ReferenceAdapter`` does this.
+
+    The copy keeps the base adapter's class name (streaming listeners match adapters by name),
+    DSPy's format/parse callbacks see the messages as sent, and it pickles with ``pickle``
+    (rebuilt through this function). ``adapter`` is not modified; wrapping an already wrapped
+    adapter replaces its system prompt.
     """
     if instructions_in not in _PLACEMENTS:
         raise ValueError(f"instructions_in must be one of {_PLACEMENTS}, got {instructions_in!r}")
     base = adapter if adapter is not None else dspy.ChatAdapter()
-    base_cls = type(base)
-    if isinstance(base, _SystemPromptMixin):
-        base_cls = next(c for c in base_cls.__mro__[1:] if c is not _SystemPromptMixin)
-    wrapped = copy.copy(base)
-    wrapped.__class__ = _system_prompt_class(base_cls)
+    wrapped = _plain_copy(base) if isinstance(base, _SystemPromptMixin) else copy.copy(base)
+    wrapped.__class__ = _system_prompt_class(_base_class(type(base)))
     wrapped.system_prompt_text = text or ""
     wrapped.instructions_in = instructions_in
     return wrapped
@@ -219,79 +253,14 @@ def system_prompt_of(adapter: Any) -> str | None:
     return None
 
 
-class ReferenceAdapter(Adapter):
-    """The raw messages of the MetaSPO reference code, for reproducing the paper's protocol.
+def base_adapter(adapter: Any) -> Any:
+    """The adapter a :func:`with_system_prompt` adapter was made from (a copy), else ``adapter``."""
+    return _plain_copy(adapter) if isinstance(adapter, _SystemPromptMixin) else adapter
 
-    User message: the instructions with every ``{input_field}`` slot replaced by that input's
-    value (the reference's prompts contain ``<Question>{question}</Question>``); when a prompt has
-    no slot for an input -- an optimizer can drop it -- the input is appended in the reference's
-    ``<Question>...</Question>`` form so the query is never silently lost (the reference itself
-    would then send no question). Other braces are left as they are. No system message unless a
-    system prompt is set (:func:`with_system_prompt`). The whole completion becomes the single
-    output field; the task's metric does the reference's answer parsing.
-    """
 
-    embeds_instructions = True
-
-    def _single_output(self, signature) -> str:
-        outputs = list(signature.output_fields)
-        if len(outputs) != 1:
-            raise ValueError(
-                f"ReferenceAdapter needs a signature with exactly one output field, got {outputs}; "
-                "use a DSPy adapter (Chat, JSON, XML) for multi-output signatures."
-            )
-        return outputs[0]
-
-    def fill(self, signature, inputs: dict[str, Any]) -> str:
-        """The user message for ``inputs``: instructions with their slots filled."""
-        text = signature.instructions
-        missing = []
-        for name in signature.input_fields:
-            slot = "{" + name + "}"
-            value = "" if inputs.get(name) is None else str(inputs.get(name))
-            if slot in text:
-                text = text.replace(slot, value)
-            elif name in inputs:
-                missing.append(value)
-        for value in missing:
-            text = f"{text}<Question>{value}</Question>"
-        return text
-
-    def format(self, signature, demos, inputs):
-        output = self._single_output(signature)
-        messages = []
-        for demo in demos:
-            if all(name in demo for name in signature.input_fields) and output in demo:
-                messages.append({"role": "user", "content": self.fill(signature, demo)})
-                messages.append({"role": "assistant", "content": str(demo[output])})
-        messages.append({"role": "user", "content": self.fill(signature, inputs)})
-        return messages
-
-    def parse(self, signature, completion):
-        output = self._single_output(signature)
-        if completion is None or not str(completion).strip():
-            raise AdapterParseError(
-                adapter_name="ReferenceAdapter",
-                signature=signature,
-                lm_response=str(completion),
-                message="The LM returned an empty response.",
-            )
-        return {output: str(completion)}
-
-    def format_field_description(self, signature):  # pragma: no cover - not used by format()
-        return ""
-
-    def format_field_structure(self, signature):  # pragma: no cover - not used by format()
-        return ""
-
-    def format_task_description(self, signature):  # pragma: no cover - not used by format()
-        return signature.instructions
-
-    def format_user_message_content(self, signature, inputs, prefix="", suffix="", main_request=False):
-        return self.fill(signature, inputs)
-
-    def format_assistant_message_content(self, signature, outputs, missing_field_message=None):
-        return str(outputs.get(self._single_output(signature), missing_field_message or ""))
+def placement_of(adapter: Any) -> InstructionsIn | None:
+    """Where an adapter made by :func:`with_system_prompt` puts the instructions, else None."""
+    return adapter.instructions_in if isinstance(adapter, _SystemPromptMixin) else None
 
 
 ADAPTERS = {
@@ -306,9 +275,7 @@ def adapter_name(adapter: Adapter | None) -> str:
     """A short, stable name for an adapter (used in cache keys and saved programs)."""
     if adapter is None:
         return "default"
-    cls = type(adapter)
-    if isinstance(adapter, _SystemPromptMixin):
-        cls = next(c for c in cls.__mro__[1:] if c is not _SystemPromptMixin)
+    cls = _base_class(type(adapter))
     for name, known in ADAPTERS.items():
         if cls is known:
             return name

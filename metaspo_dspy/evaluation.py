@@ -3,7 +3,8 @@
 Every evaluation step of MetaSPO -- all candidates x tasks x user prompts x examples of a phase --
 is flattened into one list of items and run through one thread pool with ``num_threads`` workers.
 Each worker runs under a copy of the caller's context (so ``dspy.context`` overrides survive) plus
-its own ``dspy.context(lm=task_lm, adapter=<system-prompt adapter>, trace=[])``. Results come back
+its own :func:`~metaspo_dspy.scope.system_prompt_scope` (the job's system prompt on whatever adapter
+each call uses) with ``lm=task_lm`` and ``trace=[]``. Results come back
 in input order; a failed call never raises: it is recorded and scored 0 (wrong). Empty and
 truncated answers are failures too (:mod:`metaspo_dspy.responses`). Error texts are redacted
 (:func:`~metaspo_dspy.redact.redact`) before they are kept or journaled.
@@ -28,10 +29,12 @@ from typing import Any
 import dspy
 from dspy.utils.usage_tracker import UsageTracker
 
-from metaspo_dspy.adapters import CallRecorder, LMCall, adapter_name, message_text, with_system_prompt
+from metaspo_dspy.adapters import adapter_name, message_text
 from metaspo_dspy.journal import Journal
 from metaspo_dspy.metrics import Metric, TaskMetric, is_wrong, score_example, task_score
+from metaspo_dspy.recorder import CallRecorder, LMCall
 from metaspo_dspy.redact import redact
+from metaspo_dspy.scope import system_prompt_scope
 
 
 @dataclass(frozen=True)
@@ -237,20 +240,19 @@ class GridEvaluator:
 
     def _run_one(self, job: EvalJob, names: dict[int, str], example: dspy.Example) -> _Raw:
         recorder = CallRecorder(predictor_names=names)
-        tracker = UsageTracker()
-        adapter = with_system_prompt(self.adapter or dspy.settings.adapter, job.system_prompt, job.instructions_in)
-        overrides: dict[str, Any] = {
-            "adapter": adapter, "trace": [], "metaspo_recorder": recorder, "usage_tracker": tracker,
-        }  # fmt: skip
+        overrides: dict[str, Any] = {"trace": [], "metaspo_recorder": recorder}
         if self.task_lm is not None:
             overrides["lm"] = self.task_lm
-        try:
-            with dspy.context(**overrides):
-                prediction = job.program(**example.inputs())
-            return _Raw(prediction, None, _compact(recorder.calls), token_counts(tracker))
-        except Exception as exc:
-            error = redact(f"{type(exc).__name__}: {exc}")[:2000]
-            return _Raw(None, error, _compact(recorder.calls), token_counts(tracker))
+        # A nested dspy.track_usage(): this item's tokens are counted here and rolled up into any
+        # tracker the caller opened around compile() (DSPy's own mechanism).
+        with dspy.track_usage() as tracker:
+            try:
+                with system_prompt_scope(job.system_prompt, job.instructions_in, self.adapter, **overrides):
+                    prediction = job.program(**example.inputs())
+                return _Raw(prediction, None, _compact(recorder.calls), token_counts(tracker))
+            except Exception as exc:
+                error = redact(f"{type(exc).__name__}: {exc}")[:2000]
+                return _Raw(None, error, _compact(recorder.calls), token_counts(tracker))
 
     def evaluate(self, jobs: Sequence[EvalJob], desc: str = "evaluate") -> list[NodeEval]:
         """Score every job; results in job order."""

@@ -23,6 +23,7 @@ from dspy.predict.parameter import Parameter
 from metaspo_dspy.adapters import InstructionsIn, adapter_name, make_adapter, with_system_prompt
 from metaspo_dspy.io import NotUtf8Error, atomic_write_text, read_text
 from metaspo_dspy.program_spec import program_from_spec, program_spec
+from metaspo_dspy.scope import system_prompt_scope
 
 DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant."
 PROGRAM_FORMAT = "metaspo-dspy/program/v1"
@@ -156,10 +157,22 @@ def as_system_prompt(value: SystemPrompt | str | None) -> SystemPrompt:
 class WithSystemPrompt(dspy.Module):
     """Run ``program`` with ``system_prompt`` at the start of every predictor's system message.
 
-    The prompt is applied with a scoped ``dspy.context(adapter=...)`` around the wrapped program's
-    run, on top of ``adapter`` (default: whatever adapter is configured when it runs, else
-    ``ChatAdapter``), so it also reaches the JSON fallback, and never reaches LM calls made outside
-    this run. The wrapped program is used as given (not copied, not modified).
+    The prompt is applied with :func:`~metaspo_dspy.scope.system_prompt_scope` around the wrapped
+    program's run, on top of ``adapter`` (default: whatever adapter is configured when it runs,
+    else ``ChatAdapter``), so it also reaches the JSON fallback and adapters the program picks
+    itself inside ``forward``, and never reaches LM calls made outside this run. The wrapped
+    program is used as given (not copied, not modified).
+
+    Nesting: ``WithSystemPrompt(WithSystemPrompt(p, inner), outer)`` sends ``inner`` -- the system
+    prompt closest to the predictors wins, as the innermost ``dspy.context`` does.
+
+    Programs compiled by other optimizers (``_compiled=True``, e.g. BootstrapFewShot's output): the
+    wrapper behaves as the program it wraps. It sees through the mark -- ``named_parameters()``,
+    ``named_predictors()``, ``dump_state``/``load_state`` and so ``save``/``load`` include the
+    wrapped program's predictors (demos and instructions) -- and carries it: the wrapper is itself
+    marked compiled, so inside a larger program DSPy keeps it frozen exactly as it would keep the
+    bare program, while an optimizer given the wrapper itself (GEPA, MIPROv2) optimizes it as it
+    would the bare program.
     """
 
     def __init__(
@@ -174,25 +187,59 @@ class WithSystemPrompt(dspy.Module):
         self.program = program
         self.system_prompt = as_system_prompt(system_prompt)
         self.adapter = make_adapter(adapter)
+        self._compiled = bool(getattr(program, "_compiled", False))
+
+    def named_parameters(self):
+        return _see_through(super().named_parameters(), {"program": self.program})
 
     def forward(self, *args, **kwargs):
-        with dspy.context(adapter=self.system_prompt.adapter(self.adapter)):
+        with system_prompt_scope(self.system_prompt.text, self.system_prompt.instructions_in, self.adapter):
             return self.program(*args, **kwargs)
 
     async def aforward(self, *args, **kwargs):
-        with dspy.context(adapter=self.system_prompt.adapter(self.adapter)):
+        with system_prompt_scope(self.system_prompt.text, self.system_prompt.instructions_in, self.adapter):
             return await self.program.acall(*args, **kwargs)
+
+
+def _see_through(found: list[tuple[str, Any]], inner: Mapping[str, dspy.Module]) -> list[tuple[str, Any]]:
+    """``found`` (a DSPy ``named_parameters()`` list) plus the parameters of the ``inner``
+    programs (``{name prefix: program}``) that DSPy skipped because they are marked compiled."""
+    seen = {id(param) for _, param in found}
+    extra = []
+    for prefix, program in inner.items():
+        if getattr(program, "_compiled", False) and not isinstance(program, Parameter):
+            for name, param in program.named_parameters():
+                if id(param) not in seen:
+                    seen.add(id(param))
+                    extra.append((f"{prefix}.{name}", param))
+    return found + extra
+
+
+def unwrap(program: dspy.Module) -> tuple[dspy.Module, SystemPrompt | None, dspy.Adapter | None]:
+    """``(inner program, system prompt, adapter)`` of a (possibly nested) :class:`WithSystemPrompt`:
+    the innermost program, the system prompt its calls carry (the innermost wrapper's) and the base
+    adapter they use (the innermost wrapper's that sets one). A bare program gives ``(program,
+    None, None)``. Nothing is copied or modified."""
+    prompt = adapter = None
+    while isinstance(program, WithSystemPrompt):
+        prompt = program.system_prompt
+        adapter = program.adapter if program.adapter is not None else adapter
+        program = program.program
+    return program, prompt, adapter
 
 
 class MetaSPOProgram(dspy.Module):
     """One optimized system prompt and, per task, that task's program with its best user prompt(s).
 
-    ``program(task="beauty", **inputs)`` runs the task's program under the system prompt;
+    ``program(task="beauty", **inputs)`` runs the task's program under the system prompt (a program
+    with an input field named ``task``: ``program("beauty", task=..., **inputs)``);
     ``program.tasks["beauty"]`` is the bare task program (no system prompt: wrap it with
     :class:`WithSystemPrompt` or call :meth:`for_task`); ``detailed_results`` holds the run's
     history (see ``MetaSPO``). ``save("x.json")`` writes a ``Module.save``-compatible JSON that also
     records the adapter, each task program's structure and the run history, so
-    :meth:`from_file` can rebuild it.
+    :meth:`from_file` can rebuild it. Task programs marked compiled by another optimizer are seen
+    through (their predictors are saved and loaded) and keep their mark, as in
+    :class:`WithSystemPrompt`.
     """
 
     def __init__(
@@ -218,14 +265,30 @@ class MetaSPOProgram(dspy.Module):
         except KeyError:
             raise ValueError(f"unknown task {task!r}; this program has {sorted(self.tasks)}") from None
 
-    def forward(self, task: str, **inputs):
-        program = self._task(task)
-        with dspy.context(adapter=self.system_prompt.adapter(self.adapter)):
+    def named_parameters(self):
+        inner = {f"tasks['{name}']": program for name, program in self.tasks.items()}
+        return _see_through(super().named_parameters(), inner)
+
+    def _split(self, args: tuple, inputs: dict[str, Any]) -> tuple[dspy.Module, dict[str, Any]]:
+        """The task program and its inputs: ``(task="t", **inputs)``, or ``("t", **inputs)`` when
+        the program has an input field named ``task`` itself."""
+        if len(args) > 1:
+            raise TypeError(f"call with the task name and keyword inputs, got {len(args)} positional arguments")
+        if args:
+            return self._task(args[0]), inputs
+        if "task" not in inputs:
+            raise TypeError(f"name the task: program(task=..., **inputs), one of {sorted(self.tasks)}")
+        inputs = dict(inputs)
+        return self._task(inputs.pop("task")), inputs
+
+    def forward(self, *args, **inputs):
+        program, inputs = self._split(args, inputs)
+        with system_prompt_scope(self.system_prompt.text, self.system_prompt.instructions_in, self.adapter):
             return program(**inputs)
 
-    async def aforward(self, task: str, **inputs):
-        program = self._task(task)
-        with dspy.context(adapter=self.system_prompt.adapter(self.adapter)):
+    async def aforward(self, *args, **inputs):
+        program, inputs = self._split(args, inputs)
+        with system_prompt_scope(self.system_prompt.text, self.system_prompt.instructions_in, self.adapter):
             return await program.acall(**inputs)
 
     def save(self, path, save_program: bool = False, modules_to_serialize=None) -> None:

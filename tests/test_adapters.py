@@ -9,6 +9,7 @@ import pytest
 
 from metaspo_dspy import ReferenceAdapter, SystemPrompt, WithSystemPrompt, with_system_prompt
 from metaspo_dspy.adapters import system_prompt_of
+from metaspo_dspy.scope import no_system_prompt
 
 SP = "You are terse."
 SIG = dspy.Signature("question -> answer", "Predict the rating.")
@@ -145,8 +146,9 @@ def test_no_leak_to_optimizer_calls_other_programs_or_threads(engine_factory):
             thread = threading.Thread(target=lambda: seen_in_thread.append(system_prompt_of(dspy.settings.adapter)))
             thread.start()
             thread.join()
-            # An "optimizer" call made with its own context inside the run (as proposers do).
-            with dspy.context(lm=opt_lm, adapter=dspy.ChatAdapter()):
+            # An "optimizer" call made inside the run opts out (as this package's proposers do); a
+            # plain dspy.context(adapter=...) would carry the system prompt (test_compose_adapters).
+            with no_system_prompt(dspy.ChatAdapter(), lm=opt_lm):
                 dspy.Predict("question -> proposed_instruction")(question=question)
             return self.p(question=question)
 

@@ -32,7 +32,6 @@ from typing import Any
 
 import dspy
 from dspy.utils.exceptions import AdapterParseError
-from dspy.utils.usage_tracker import UsageTracker
 
 from metaspo_dspy.adapters import observed
 from metaspo_dspy.evaluation import merge_usage, token_counts
@@ -40,6 +39,7 @@ from metaspo_dspy.journal import Journal
 from metaspo_dspy.optimize import signatures as sigs
 from metaspo_dspy.optimize.shown import WrongExample, format_fields, io_pairs, sample_wrong, wrong_example
 from metaspo_dspy.redact import redact
+from metaspo_dspy.scope import no_system_prompt
 from metaspo_dspy.seeding import derive_seed
 
 __all__ = [
@@ -159,19 +159,17 @@ class Proposer:
         config = self._config(proposal.kind, proposal.iteration, proposal.task, proposal.candidate, step)
         proposal.optimizer_calls += 1
         self.calls += 1
-        tracker = UsageTracker()
-        overrides: dict[str, Any] = {
-            "lm": self.lm,
-            "trace": [],
-            "usage_tracker": tracker,
-            "adapter": observed(self.adapter or dspy.settings.adapter),
-        }
-        try:
-            with dspy.context(**overrides):
+        # A nested dspy.track_usage() rolls these tokens up into any tracker around compile(); the
+        # block carries no system prompt even if compile() itself runs inside a program's scope.
+        with (
+            dspy.track_usage() as tracker,
+            no_system_prompt(observed(self.adapter or dspy.settings.adapter), lm=self.lm, trace=[]),
+        ):
+            try:
                 result = dspy.Predict(signature)(**inputs, config=config)
-        finally:
-            with self._usage_lock:
-                merge_usage(self._usage, token_counts(tracker))
+            finally:
+                with self._usage_lock:
+                    merge_usage(self._usage, token_counts(tracker))
         return getattr(result, next(iter(signature.output_fields)))
 
     def _guarded(self, proposal: Proposal, fn: Callable[[Step], str | None], shown: Any) -> Proposal:

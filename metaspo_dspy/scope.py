@@ -1,0 +1,107 @@
+"""Run code so that every predictor call inside carries a system prompt, whatever adapter it uses.
+
+:func:`system_prompt_scope` is how :class:`~metaspo_dspy.program.WithSystemPrompt`,
+:class:`~metaspo_dspy.program.MetaSPOProgram` and the evaluator apply a system prompt. Inside it:
+
+* the adapter in effect is the base adapter (given, else the configured one, else ChatAdapter)
+  carrying the system prompt (:func:`~metaspo_dspy.adapters.with_system_prompt`), set with a scoped
+  ``dspy.context`` -- never ``dspy.configure`` -- so LM calls outside the scope never see it;
+* an adapter the program picks itself inside ``forward`` (``with dspy.context(adapter=
+  dspy.JSONAdapter()): ...``) carries it too: a DSPy callback (:class:`Rider`, first in
+  ``dspy.settings.callbacks`` inside the scope) wraps the adapter in effect for the duration of
+  each ``dspy.Predict`` call whose adapter carries no system prompt yet;
+* an adapter that already carries one -- a nested scope's, or one made with ``with_system_prompt``
+  inside ``forward`` -- is left as it is: the innermost system prompt wins;
+* :func:`no_system_prompt` opens a block inside a scope whose calls get none (e.g. an optimizer
+  called from inside a program); this package's own optimizer calls use it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import dspy
+from dspy.dsp.utils.settings import thread_local_overrides
+from dspy.dsp.utils.utils import dotdict
+from dspy.utils.callback import BaseCallback
+
+from metaspo_dspy.adapters import InstructionsIn, base_adapter, system_prompt_of, with_system_prompt
+
+SETTING = "metaspo_system_prompt"
+
+
+@dataclass(frozen=True)
+class ActiveSystemPrompt:
+    """The system prompt of the innermost scope (``dspy.settings.metaspo_system_prompt``)."""
+
+    text: str
+    instructions_in: InstructionsIn
+
+
+class Rider(BaseCallback):
+    """Puts the scope's system prompt on the adapter a ``dspy.Predict`` call is about to use, when
+    the program switched to an adapter without one inside the scope. Restores it after the call."""
+
+    def __init__(self) -> None:
+        self._tokens: dict[str, Any] = {}
+        self._lock = threading.Lock()
+
+    def on_module_start(self, call_id: str, instance: Any, inputs: dict[str, Any]) -> None:
+        if not isinstance(instance, dspy.Predict):
+            return
+        active = dspy.settings.get(SETTING)
+        adapter = dspy.settings.adapter
+        if not isinstance(active, ActiveSystemPrompt) or system_prompt_of(adapter) is not None:
+            return
+        carried = with_system_prompt(adapter, active.text, active.instructions_in)
+        token = thread_local_overrides.set(dotdict({**thread_local_overrides.get(), "adapter": carried}))
+        with self._lock:
+            self._tokens[call_id] = token
+
+    def on_module_end(self, call_id: str, outputs: Any, exception: BaseException | None = None) -> None:
+        with self._lock:
+            token = self._tokens.pop(call_id, None)
+        if token is not None:
+            thread_local_overrides.reset(token)
+
+
+RIDER = Rider()
+
+
+@contextlib.contextmanager
+def system_prompt_scope(
+    text: str, instructions_in: InstructionsIn = "user", adapter: Any = None, **overrides: Any
+) -> Iterator[None]:
+    """Every predictor call made inside carries ``text`` (see the module docstring).
+
+    Args:
+        text: the system prompt.
+        instructions_in: where the instructions go (``"user"`` or ``"system"``).
+        adapter: the base adapter (None: the one in effect, else ChatAdapter).
+        overrides: further ``dspy.context`` settings for the block (``lm``, ``trace``, ...).
+    """
+    base = adapter if adapter is not None else dspy.settings.adapter
+    callbacks = [RIDER, *(c for c in (dspy.settings.get("callbacks") or []) if c is not RIDER)]
+    with dspy.context(
+        adapter=with_system_prompt(base, text, instructions_in),
+        callbacks=callbacks,
+        **{SETTING: ActiveSystemPrompt(text, instructions_in)},
+        **overrides,
+    ):
+        yield
+
+
+@contextlib.contextmanager
+def no_system_prompt(adapter: Any = None, **overrides: Any) -> Iterator[None]:
+    """A block whose predictor calls carry no system prompt, even inside a scope.
+
+    The adapter is ``adapter`` as given, else the one in effect without its system prompt (None:
+    ChatAdapter). ``overrides`` are further ``dspy.context`` settings for the block.
+    """
+    base = adapter if adapter is not None else base_adapter(dspy.settings.adapter)
+    with dspy.context(adapter=base, **{SETTING: None}, **overrides):
+        yield
