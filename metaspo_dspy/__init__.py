@@ -12,11 +12,13 @@ from metaspo_dspy.optimize.ape import APE
 from metaspo_dspy.optimize.common import ConfigError
 from metaspo_dspy.optimize.metaspo import MetaSPO, reference_bilevel_nodes
 from metaspo_dspy.optimize.protegi import ProTeGi
+from metaspo_dspy.optimize.sprig import SPRIG
 from metaspo_dspy.program import MetaSPOProgram, SystemPrompt, WithSystemPrompt
 from metaspo_dspy.tasks import Task, compile_kwargs, load_task, load_tasks, load_unseen_user_prompts, make_task
 
 __all__ = [
     "APE",
+    "SPRIG",
     "ConfigError",
     "MetaSPO",
     "MetaSPOProgram",

@@ -13,7 +13,7 @@ from typing import Any
 
 from metaspo_dspy.optimize.common import ConfigError as _OptimizerConfigError
 
-METHODS = ("metaspo", "outer_loop", "metaspo_ape", "protegi", "ape", "none")
+METHODS = ("metaspo", "outer_loop", "metaspo_ape", "sprig", "protegi", "ape", "none")
 DATA_SOURCES = ("auto", "local", "bigbench", "hub")
 PROMPT_FORMATS = ("dspy", "reference")
 ENGINES = ("litellm", "native")
@@ -80,6 +80,8 @@ class SearchConfig:
     user_top_k: int = 3
     screening: float | None = None
     screening_keep: float = 0.5
+    #: SPRIG's component library: a CSV in SPRIG's format (None: the built-in library)
+    components: str | None = None
 
 
 @dataclass(frozen=True)

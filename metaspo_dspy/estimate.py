@@ -87,3 +87,39 @@ def estimate_tokens_and_cost(
     except Exception:
         cost = None
     return {"tokens": task_in + task_out + opt_in + opt_out, "cost": cost}
+
+
+def sprig_budget(
+    num_iterations: int,
+    num_system_candidates: int,
+    num_user_candidates: int,
+    user_top_k: int,
+    train_sizes: Mapping[str, int],
+) -> int:
+    """SPRIG's default search budget: the train-phase task-LM calls of a MetaSPO run with the same
+    settings on the same tasks (18,200 for 4 tasks x 50 and the paper's defaults)."""
+    sizes = {name: (n, 0) for name, n in train_sizes.items()}
+    return estimate_calls("metaspo", num_iterations, num_system_candidates, num_user_candidates, user_top_k, sizes)[
+        "task_lm_train"
+    ]
+
+
+def estimate_sprig_calls(budget: int, beam_size: int, sizes: Mapping[str, tuple[int, int]]) -> dict[str, int]:
+    """Upper bounds on a SPRIG run's calls; ``sizes`` maps each task to (train, test) sizes.
+
+    Every candidate system prompt is scored on every task's train set (one call per example), so
+    the search makes ``budget // sum(train)`` evaluations, the initial prompt's included, and at
+    most one optimizer call per later candidate (a ``rephrase`` edit; the other edits cost none).
+    The final beam (up to ``beam_size`` prompts) is scored on the test sets. Returns the keys of
+    :func:`estimate_calls`.
+    """
+    per_candidate = sum(n for n, _ in sizes.values())
+    evaluations = budget // per_candidate if per_candidate else 0
+    task_train = evaluations * per_candidate
+    task_test = min(beam_size, max(evaluations, 1)) * sum(m for _, m in sizes.values())
+    return {
+        "task_lm_train": task_train,
+        "task_lm_test": task_test,
+        "task_lm": task_train + task_test,
+        "optimizer_lm": max(evaluations - 1, 0),
+    }

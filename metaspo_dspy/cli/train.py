@@ -20,23 +20,28 @@ from metaspo_dspy.cli.common import (
 )
 from metaspo_dspy.cli.models import add_preflight_argument, build_models, check_models
 from metaspo_dspy.config import RunConfig, load_config
-from metaspo_dspy.estimate import estimate_calls, estimate_tokens_and_cost
+from metaspo_dspy.estimate import estimate_calls, estimate_sprig_calls, estimate_tokens_and_cost
 from metaspo_dspy.io import atomic_write_json
 from metaspo_dspy.optimize.common import ConfigError, PhaseLog
 from metaspo_dspy.optimize.metaspo import MetaSPO
+from metaspo_dspy.optimize.sprig import SPRIG
 from metaspo_dspy.runs import RunDirError
 from metaspo_dspy.tasks import compile_kwargs
 
-HELP = "optimize a system prompt on the source tasks of a config (MetaSPO)"
+HELP = "optimize a system prompt on the source tasks of a config (MetaSPO, or the SPRIG baseline)"
 DESCRIPTION = """\
-Run MetaSPO on the source tasks of a config and write a run directory holding the optimized
-system prompt, every prompt tried with its scores, and the program (program.json).
+Run MetaSPO (or, with --method sprig, the SPRIG baseline) on the source tasks of a config and write
+a run directory holding the optimized system prompt, every prompt tried with its scores, and the
+program (program.json).
 
 examples:
   metaspo train -c review --task-model openai/gpt-4o-mini --log-dir runs/review
   metaspo train -c generated --task-model embedded --optimizer-model embedded --iterations 1
+  metaspo train -c review --method sprig --task-model openai/gpt-4o-mini --log-dir runs/review-sprig
   metaspo train --resume runs/review          # continue an interrupted run
 """
+#: The methods `metaspo train` runs (SPRIG's search budget follows the MetaSPO settings given).
+TRAIN_METHODS = ("metaspo", "outer_loop", "metaspo_ape", "sprig")
 
 
 def add_parser(subparsers) -> None:
@@ -44,6 +49,16 @@ def add_parser(subparsers) -> None:
         "train", help=HELP, description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     add_config_arguments(parser, search=True)
+    for action in parser._actions:  # the shared --method flag lists MetaSPO's methods; train runs SPRIG too
+        if action.dest == "method" and action.choices is not None:
+            action.choices = list(dict.fromkeys([*action.choices, *TRAIN_METHODS]))
+    parser.add_argument(
+        "--components",
+        type=Path,
+        metavar="CSV",
+        help="SPRIG's component library: a CSV with Prompt and Category (or Catagory) columns "
+        "(default: the built-in library; search.components)",
+    )
     parser.add_argument(
         "--initial-system-prompt",
         metavar="SPEC",
@@ -79,6 +94,8 @@ def _config(args: argparse.Namespace) -> tuple[RunConfig, Path, bool]:
         extra = {}
         if args.initial_system_prompt:
             extra["initial_system_prompt"] = resolve_system_prompt(args.initial_system_prompt)[1].text
+        if args.components is not None:
+            extra["search.components"] = str(args.components.resolve())
         config = config_from_args(args, extra=extra)
         stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
         return config, args.log_dir or Path("runs") / f"{stamp}-{config.method}", False
@@ -116,8 +133,8 @@ def _flat(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 def run(args: argparse.Namespace) -> int:
     config, run_dir, resume = _config(args)
-    if config.method not in ("metaspo", "outer_loop", "metaspo_ape"):
-        raise ConfigError(f"metaspo train runs method metaspo, outer_loop or metaspo_ape, not {config.method!r}")
+    if config.method not in TRAIN_METHODS:
+        raise ConfigError(f"metaspo train runs method {', '.join(TRAIN_METHODS)}, not {config.method!r}")
     tasks = config_tasks(config, config.tasks.source)
     models = build_models(config)
     if not resume and (run_dir / "run.json").exists():
@@ -126,15 +143,8 @@ def run(args: argparse.Namespace) -> int:
             "or choose another --log-dir"
         )
     tp = _optimizer(config, models, run_dir, resume, args)  # validates every setting before any call
-    estimate = estimate_calls(
-        config.method,
-        config.search.num_iterations,
-        config.search.num_system_candidates,
-        config.search.num_user_candidates,
-        config.search.user_top_k,
-        {t.name: (len(t.train), len(t.test)) for t in tasks},
-    )
-    say(f"MetaSPO ({config.method}) on {len(tasks)} source tasks: {', '.join(t.name for t in tasks)}")
+    estimate = _estimate(config, tp, tasks)
+    say(f"{_title(config)} on {len(tasks)} source tasks: {', '.join(t.name for t in tasks)}")
     say(
         f"  task model: {models.task_label}   optimizer: {models.optimizer_label}   format: {config.data.prompt_format}"
     )
@@ -142,6 +152,12 @@ def run(args: argparse.Namespace) -> int:
         f"  estimated calls: {estimate['task_lm']} task-model (train {estimate['task_lm_train']}, "
         f"test {estimate['task_lm_test']}), {estimate['optimizer_lm']} optimizer"
     )
+    if config.method == "sprig":
+        say(
+            f"  SPRIG: search budget {estimate['task_lm_train']} task calls (a MetaSPO run's train calls), "
+            f"{len(tp.library)} components ({tp.library.source}); optimizer calls above are an upper bound "
+            "(one per rephrase edit)"
+        )
     rough = estimate_tokens_and_cost(
         estimate, tasks, models.task_label, models.optimizer_label, make_adapter(models.task_adapter),
         config.initial_system_prompt,
@@ -179,12 +195,27 @@ def _partial_cost(usage: dict[str, Any]) -> str:
     return f"{known}cost unknown for {', '.join(unpriced)} (no LiteLLM price)"
 
 
+def _title(config: RunConfig) -> str:
+    return "SPRIG (baseline)" if config.method == "sprig" else f"MetaSPO ({config.method})"
+
+
+def _estimate(config: RunConfig, tp: MetaSPO, tasks) -> dict[str, int]:
+    """Upper bounds on the run's calls (MetaSPO: exact when every proposal is usable)."""
+    sizes = {t.name: (len(t.train), len(t.test)) for t in tasks}
+    if isinstance(tp, SPRIG):
+        budget = tp.search_budget({name: train for name, (train, _) in sizes.items()})  # checked before any call
+        return estimate_sprig_calls(budget, tp.beam_size, sizes)
+    search = config.search
+    args = (search.num_iterations, search.num_system_candidates, search.num_user_candidates, search.user_top_k)
+    return estimate_calls(config.method, *args, sizes)
+
+
 def _optimizer(config: RunConfig, models, run_dir: Path, resume: bool, args: argparse.Namespace) -> MetaSPO:
-    """The MetaSPO teleprompter for this run (its constructor checks every setting)."""
-    return MetaSPO(
+    """The teleprompter for this run (MetaSPO, or SPRIG; its constructor checks every setting and
+    loads SPRIG's component library, so a bad file stops the command before any call)."""
+    common = dict(
         optimizer_lm=models.optimizer_lm,
         task_lm=models.task_lm,
-        method=config.method,
         num_iterations=config.search.num_iterations,
         num_system_candidates=config.search.num_system_candidates,
         num_user_candidates=config.search.num_user_candidates,
@@ -201,16 +232,23 @@ def _optimizer(config: RunConfig, models, run_dir: Path, resume: bool, args: arg
         max_lm_calls=config.budget.max_lm_calls,
         max_cost=config.budget.max_cost,
         max_failure_share=config.budget.max_failure_share,
+    )
+    if config.method == "sprig":
+        return SPRIG(components=config.search.components, **common)
+    return MetaSPO(
+        method=config.method,
         screening=config.search.screening,
         screening_keep=config.search.screening_keep,
+        **common,
     )
 
 
 def _phase_printer(config: RunConfig):
     total = config.search.num_iterations * (2 if config.method == "outer_loop" else 1)
+    of = "" if config.method == "sprig" else f"/{total}"  # SPRIG runs until its budget is spent
 
     def show(log: PhaseLog) -> None:
-        where = f"{log.phase}" if log.iteration is None else f"{log.phase} {log.iteration + 1}/{total}"
+        where = f"{log.phase}" if log.iteration is None else f"{log.phase} {log.iteration + 1}{of}"
         reused = f", {log.reused_evaluations} reused" if log.reused_evaluations else ""
         if log.screened_out:
             reused += f", {log.screened_out} candidates screened out ({log.evaluations_saved} calls saved)"
@@ -232,10 +270,14 @@ def _summary(artifact: dict[str, Any], run_dir: Path, seconds: float) -> None:
     say(table(rows, ["task", "initial train", "final train", "final test"]))
     first = next(s for s in artifact["steps"] if s["phase"] == "initial")
     accepted = sum(1 for d in artifact["outer_decisions"] if d["accepted"])
+    fate = "entered the beam" if artifact["method"] == "sprig" else "accepted"
     say(
         f"meta-score {first['meta_score']:.3f} -> {artifact['meta_score']:.3f}; "
-        f"{accepted} of {len(artifact['outer_decisions'])} system-prompt candidates accepted"
+        f"{accepted} of {len(artifact['outer_decisions'])} system-prompt candidates {fate}"
     )
+    if artifact.get("search_budget"):
+        spent = artifact["search_budget"]
+        say(f"search budget: {spent['task_calls_used']} of {spent['task_calls']} task calls; {spent['finished']}")
     calls, usage = artifact["calls"], artifact["usage"]
     tokens = sum(
         c["prompt_tokens"] + c["completion_tokens"]

@@ -22,7 +22,18 @@ __all__ = ["BilevelRun", "BudgetStop"]
 
 
 class BilevelRun(SearchRun):
-    """One execution of MetaSPO.compile (state, history, artifact)."""
+    """One execution of MetaSPO.compile (state, history, artifact).
+
+    ``BilevelRun(owner, tasks)`` is how ``MetaSPO.compile`` starts its search once the tasks are set
+    up and checked. A teleprompter that shares that set-up but searches its own way (SPRIG) has a
+    ``make_run(tasks)`` method; the call then returns the run it makes instead.
+    """
+
+    def __new__(cls, owner: Any, tasks: dict[str, TaskRun]) -> Any:
+        make_run = getattr(owner, "make_run", None)
+        if cls is BilevelRun and callable(make_run):
+            return make_run(tasks)
+        return super().__new__(cls)
 
     def __init__(self, owner: Any, tasks: dict[str, TaskRun]):
         super().__init__(
@@ -259,19 +270,7 @@ class BilevelRun(SearchRun):
 
     def artifact(self, state: BilevelState, complete: bool = True) -> dict[str, Any]:
         """The run history as plain data (see the README's "The run artifact")."""
-        per_task = {}
-        for name, ids in state.beams.items():
-            best = self.store[ids[0]]
-            per_task[name] = {
-                "best_node": best.id,
-                "user_prompt": best.user_prompt,
-                "train_score": best.train_score,
-                "test_score": best.test_score,
-                "beam": [
-                    {"id": i, "train_score": self.store[i].train_score, "test_score": self.store[i].test_score}
-                    for i in ids
-                ],
-            }
+        per_task = {name: self.task_entry(ids) for name, ids in state.beams.items()}
         return self.frame(
             complete,
             {

@@ -163,6 +163,19 @@ class SearchRun(SearchBase):
             },
         }
 
+    def task_entry(self, ids: list[int]) -> dict[str, Any]:
+        """A task's entry in the artifact's ``tasks``: its best node (``ids[0]``) and the beam."""
+        best = self.store[ids[0]]
+        return {
+            "best_node": best.id,
+            "user_prompt": best.user_prompt,
+            "train_score": best.train_score,
+            "test_score": best.test_score,
+            "beam": [
+                {"id": i, "train_score": self.store[i].train_score, "test_score": self.store[i].test_score} for i in ids
+            ],
+        }
+
     def write_results(self, data: dict[str, Any], best: MetaSPOProgram, extra: Mapping[str, Any] | None = None) -> None:
         """Write ``metaspo_run.json``, the ``extra`` files, ``program.json`` and the last
         checkpoint into the run directory (nothing without one)."""

@@ -1,0 +1,180 @@
+"""SPRIG as a DSPy teleprompter: edit-based genetic search for one system prompt over many tasks.
+
+Paper: Zhang, Ergen, Logeswaran, Lee, Jurgens, "SPRIG: Improving Large Language Model Performance
+by System Prompt Optimization", arXiv 2410.14826. We follow the edit-based genetic algorithm with
+upper-confidence-bound pre-selection of its first version (v1, October 2024; the search is the
+same in v2); the learned reward model that a later version (v3, 2026) puts in front of the
+evaluations is out of scope. Written from the paper's description; SPRIG's published code was read
+to understand it, not copied, and the component library is our own
+(:mod:`~metaspo_dspy.optimize.sprig_library`).
+
+The search (:class:`~metaspo_dspy.optimize.sprig_search.SprigRun`):
+
+1. A system prompt is an ordered list of components from a library, joined by single spaces. The
+   population starts from the initial system prompt as one component (default "You are a helpful
+   assistant.", MetaSPO's start; ``initial_system_prompt=""`` starts blank, as the paper does).
+2. Every prompt is scored on the source tasks' train sets, each task with its own initial user
+   prompt (never optimized): the score is the mean of the task scores, like MetaSPO's meta-score.
+3. Each iteration makes up to ``num_candidates`` candidates from the beam (the best ``beam_size``
+   prompts). Candidate slot ``j`` edits beam member ``j mod beam_size``; its edit type --
+   *add* a library component, *rephrase* one component with the optimizer LM, *swap* two
+   components, *delete* one -- is pre-selected by UCB1 on each edit type's past success rate (an
+   edit succeeds when its candidate scores strictly higher than its parent); the concrete edit is
+   then drawn: for *add* the component with the highest UCB1 on the score changes it caused before
+   (as SPRIG's code ranks components), at a random position; otherwise a random position or pair.
+4. All candidates of an iteration are scored in one grid; the beam becomes the best ``beam_size``
+   of old and new prompts (ties keep the older). The result is the best prompt of the final beam.
+5. The search stops when the next candidate no longer fits the budget of task-model calls
+   (default: the train-phase task calls of a MetaSPO run with the same settings on the same tasks,
+   18,200 for 4 tasks x 50 and the paper's defaults), after ``max_iterations``, or when an
+   iteration can make no new candidate. Optimizer calls (one per rephrase) are counted apart.
+   The final beam is then scored on the test sets.
+
+Where the paper is silent, or its published code differs from what fits here, we chose:
+
+* **Budget.** The paper runs for a wall-clock time on 47 tasks; we stop at a budget of task-model
+  calls counted as example evaluations (one call each for a one-call program), so a resumed run
+  decides exactly as the original did. Test-set scoring is outside the budget, as in MetaSPO's.
+* **Beam and candidates.** The paper's beam holds 10 prompts and each iteration scores every
+  candidate the pre-selection keeps (thousands); with MetaSPO's budget that would be one
+  iteration, so the beam holds ``beam_size=3`` prompts (MetaSPO's ``user_top_k``) and an
+  iteration scores ``num_candidates=9`` (MetaSPO's ``num_system_candidates``), about 10
+  iterations with the default budget.
+* **Elitism.** SPRIG's code keeps the best new candidates only; we let the beam's prompts compete
+  with their children, so the best prompt found is never lost on a small budget.
+* **UCB on edit types.** Rewards are successes (0/1); UCB1 with exploration constant
+  ``exploration=2`` (``mean + sqrt(2 ln N / n)``); an untried type comes first; slots already given
+  out in the iteration count as pulls at the type's mean, so the slots spread; ties go in the order
+  add, rephrase, swap, delete. A rephrase the optimizer could not make (unusable or a duplicate
+  answer) counts as a failure. An edit type that has nothing to offer a parent (no component
+  left to add, fewer than two components to swap or delete) is skipped for that slot.
+* **Rephrasing.** The paper used a paraphrase model; we ask the optimizer LM (the proposer's
+  paraphrase call: same meaning, different words), one call per rephrase candidate.
+* **No empty prompt.** *delete* needs two components, so an edit never empties the prompt.
+* **Fixed train sets.** SPRIG's code draws a few questions per task in each iteration; we score
+  every prompt on the whole train sets (MetaSPO's protocol), so scores are comparable.
+* **No duplicates.** An edit that would give a prompt already made in the run is replaced by the
+  next one of its type; an iteration that can make no new candidate ends the search.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from metaspo_dspy.estimate import sprig_budget
+from metaspo_dspy.metrics import Metric
+from metaspo_dspy.optimize.metaspo import MetaSPO
+from metaspo_dspy.optimize.sprig_library import Component, ComponentLibrary, load_components
+from metaspo_dspy.optimize.sprig_search import SprigRun
+from metaspo_dspy.optimize.task_run import ConfigError, TaskRun
+
+__all__ = ["SPRIG"]
+
+
+#: MetaSPO's arguments that SPRIG refuses (it has no user-prompt proposals, failures shown or screening).
+_NOT_SPRIG = ("method", "num_wrong_user", "num_wrong_system", "screening", "screening_keep")
+
+
+def _positive(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+    return value
+
+
+class SPRIG(MetaSPO):
+    """Optimize one system prompt for many tasks by SPRIG's edit-based genetic search (see the
+    module docstring). ``compile`` takes the same arguments as :meth:`MetaSPO.compile` and returns
+    a :class:`~metaspo_dspy.program.MetaSPOProgram` whose ``system_prompt`` is the best prompt
+    found and whose task programs keep their initial user prompts; ``detailed_results`` holds the
+    history in MetaSPO's artifact shape plus every candidate's component list.
+
+    Args:
+        metric, optimizer_lm, task_lm: as for :class:`MetaSPO`; the optimizer LM only rephrases
+            components.
+        components: the component library: None (the built-in one), the path of a CSV in SPRIG's
+            format (``Prompt`` and ``Category``/``Catagory`` columns), a
+            :class:`~metaspo_dspy.optimize.sprig_library.ComponentLibrary`, or a list of texts,
+            ``(text, category)`` pairs or components. A bad file raises
+            :class:`~metaspo_dspy.optimize.sprig_library.ComponentLibraryError` here, before any call.
+        beam_size: prompts kept after each iteration (3).
+        num_candidates: candidates per iteration (None: ``num_system_candidates``, 9).
+        task_call_budget: task-model calls for the search (None: the train-phase task calls of a
+            MetaSPO run with ``num_iterations``, ``num_system_candidates``, ``num_user_candidates``
+            and ``user_top_k`` on the same tasks).
+        max_iterations: stop after this many iterations even with budget left (None: no limit).
+        exploration: the UCB1 exploration constant (2.0).
+        settings: :class:`MetaSPO`'s other arguments, with the same meaning -- ``num_iterations``,
+            ``num_system_candidates``, ``num_user_candidates``, ``user_top_k`` (they set the default
+            budget and ``num_candidates``), ``initial_system_prompt``, ``instructions_in``,
+            ``adapter``, ``optimizer_adapter``, ``num_threads``, ``seed``, ``max_prompt_chars``,
+            ``log_dir``, ``progress``, ``phase_callback``, ``resume``, ``max_failure_share``,
+            ``max_lm_calls``/``max_cost`` (checked before every iteration, on top of the search
+            budget) and ``preflight``; ``method``, ``num_wrong_*`` and ``screening*`` are refused.
+    """
+
+    def __init__(
+        self,
+        metric: Metric | None = None,
+        optimizer_lm: Any = None,
+        task_lm: Any = None,
+        components: str | Path | ComponentLibrary | Sequence[Component | tuple[str, str] | str] | None = None,
+        beam_size: int = 3,
+        num_candidates: int | None = None,
+        task_call_budget: int | None = None,
+        max_iterations: int | None = None,
+        exploration: float = 2.0,
+        **settings: Any,
+    ):
+        unused = sorted(set(settings) & set(_NOT_SPRIG))
+        if unused:
+            raise ConfigError(f"SPRIG does not take {', '.join(unused)} (MetaSPO settings with no meaning for SPRIG)")
+        super().__init__(metric=metric, optimizer_lm=optimizer_lm, task_lm=task_lm, **settings)
+        self.method = "sprig"
+        self.beam_size = _positive("beam_size", beam_size)
+        self.num_candidates = _positive(
+            "num_candidates", self.num_system_candidates if num_candidates is None else num_candidates
+        )
+        self.task_call_budget = None if task_call_budget is None else _positive("task_call_budget", task_call_budget)
+        self.max_iterations = None if max_iterations is None else _positive("max_iterations", max_iterations)
+        if isinstance(exploration, bool) or not isinstance(exploration, (int, float)) or exploration < 0:
+            raise ConfigError(f"exploration must be a number >= 0, got {exploration!r}")
+        self.exploration = float(exploration)
+        self.library = _library(components)
+
+    def search_budget(self, train_sizes: dict[str, int]) -> int:
+        """The search's task-call budget for tasks with these train sizes (see ``task_call_budget``).
+
+        Raises :class:`ConfigError` when it cannot pay for even the initial evaluation (one call per
+        train example of every task)."""
+        if self.task_call_budget is not None:
+            budget = self.task_call_budget
+        else:
+            budget = sprig_budget(
+                self.num_iterations, self.num_system_candidates, self.num_user_candidates, self.user_top_k, train_sizes
+            )
+        initial = sum(train_sizes.values())
+        if budget < initial:
+            raise ConfigError(
+                f"task_call_budget={budget} does not cover even the initial evaluation ({initial} calls: one per "
+                "train example of every task); raise it or use fewer train examples"
+            )
+        return budget
+
+    def make_run(self, tasks: dict[str, TaskRun]) -> SprigRun:
+        """The run of one ``compile`` (``MetaSPO.compile`` starts it through ``BilevelRun``); the
+        budget is checked before the run directory is opened."""
+        return SprigRun(self, tasks, self.search_budget({name: len(t.trainset) for name, t in tasks.items()}))
+
+
+def _library(components: Any) -> ComponentLibrary:
+    if components is None or isinstance(components, (str, Path)):
+        return load_components(components)
+    if isinstance(components, ComponentLibrary):
+        return components
+    if isinstance(components, Sequence):
+        return ComponentLibrary.of(components)
+    raise ConfigError(
+        f"components must be None, a CSV path, a ComponentLibrary or a list of texts, got {type(components).__name__}"
+    )
