@@ -68,7 +68,11 @@ def _accepts_trace(metric: Callable) -> bool:
 
 
 def to_score(value: Any, where: str) -> Score:
-    """Normalise a metric's return value; raise :class:`MetricError` naming ``where`` otherwise."""
+    """Normalise a metric's return value; raise :class:`MetricError` naming ``where`` otherwise.
+
+    Accepted: a bool, a real number (anything ``float()`` takes that is not text: numpy scalars
+    too) in [0, 1], or an object with ``score`` (and optional ``feedback``). Text -- even a numeric
+    string such as ``"1"`` -- is refused, as are NaN and numbers outside [0, 1]."""
     feedback = None
     if isinstance(value, dspy.Prediction) or (hasattr(value, "score") and not isinstance(value, (int, float))):
         feedback = getattr(value, "feedback", None)
@@ -76,6 +80,8 @@ def to_score(value: Any, where: str) -> Score:
     if isinstance(value, bool):
         return Score(1.0 if value else 0.0, feedback)
     try:
+        if isinstance(value, (str, bytes, bytearray)):  # "1" is text, not a score: a metric bug
+            raise TypeError
         number = float(value)
     except (TypeError, ValueError):
         raise MetricError(
