@@ -103,7 +103,7 @@ class APE(SingleTaskOptimizer):
             search.end()
         details = {
             "method": "ape",
-            "system_prompt": self.system_prompt.text,
+            "system_prompt": search.system_prompt.text,
             "initial": root.to_dict(),
             "best": best.to_dict(),
             "top_k": top,

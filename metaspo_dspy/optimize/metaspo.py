@@ -17,6 +17,7 @@ proposes APE-style (input/output pairs) in both loops. All evaluation of a step 
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import logging
 from collections.abc import Callable, Mapping
@@ -26,7 +27,7 @@ from typing import Any
 import dspy
 from dspy.teleprompt.teleprompt import Teleprompter
 
-from metaspo_dspy.adapters import make_adapter
+from metaspo_dspy.adapters import adapter_name, make_adapter
 from metaspo_dspy.budget import Budget, is_priced
 from metaspo_dspy.lm.preflight import check_lm, preflight
 from metaspo_dspy.lm.settings import ModelConfigError
@@ -34,6 +35,7 @@ from metaspo_dspy.metrics import Metric
 from metaspo_dspy.optimize.artifact import reference_bilevel_nodes
 from metaspo_dspy.optimize.bilevel import BilevelRun
 from metaspo_dspy.optimize.common import ConfigError, PhaseLog, TaskRun, check_examples
+from metaspo_dspy.optimize.wrapped import Unwrapped, choose, unwrap_programs
 from metaspo_dspy.program import DEFAULT_SYSTEM_PROMPT, MetaSPOProgram, SystemPrompt
 
 METHODS = ("metaspo", "outer_loop", "metaspo_ape")
@@ -59,10 +61,14 @@ class MetaSPO(Teleprompter):
             ``"metaspo_ape"`` (APE-style proposals).
         num_iterations, num_system_candidates, num_user_candidates, user_top_k: the paper's search
             sizes (3, 9, 3, 3).
-        initial_system_prompt: where the search starts.
-        instructions_in: ``"user"`` (MetaSPO: user prompt in the user message) or ``"system"``.
+        initial_system_prompt: where the search starts (None: the system prompt of the wrapped
+            task programs, if ``compile`` is given ``WithSystemPrompt``/``MetaSPOProgram``
+            programs, else "You are a helpful assistant.").
+        instructions_in: ``"user"`` (MetaSPO: user prompt in the user message) or ``"system"``
+            (None: the wrapped programs' placement, else ``"user"``).
         adapter: base adapter for task calls (a name -- ``chat``, ``json``, ``xml``, ``reference``
-            -- or an instance; None: the configured adapter, else ChatAdapter).
+            -- or an instance; None: the wrapped programs' adapter, else the configured adapter,
+            else ChatAdapter).
         optimizer_adapter: adapter for optimizer calls (None: the configured one).
         num_threads: concurrent task-LM calls in an evaluation grid.
         seed: every random draw derives from it.
@@ -107,8 +113,8 @@ class MetaSPO(Teleprompter):
         num_system_candidates: int = 9,
         num_user_candidates: int = 3,
         user_top_k: int = 3,
-        initial_system_prompt: str | SystemPrompt = DEFAULT_SYSTEM_PROMPT,
-        instructions_in: str = "user",
+        initial_system_prompt: str | SystemPrompt | None = None,
+        instructions_in: str | None = None,
         adapter: Any = None,
         optimizer_adapter: Any = None,
         num_threads: int = 16,
@@ -130,7 +136,7 @@ class MetaSPO(Teleprompter):
         super().__init__()
         if method not in METHODS:
             raise ConfigError(f"method must be one of {METHODS}, got {method!r}")
-        if instructions_in not in ("user", "system"):
+        if instructions_in not in (None, "user", "system"):
             raise ConfigError(f"instructions_in must be 'user' or 'system', got {instructions_in!r}")
         try:
             check_lm(optimizer_lm, "optimizer_lm")
@@ -145,13 +151,21 @@ class MetaSPO(Teleprompter):
         self.num_system_candidates = _positive("num_system_candidates", num_system_candidates)
         self.num_user_candidates = _positive("num_user_candidates", num_user_candidates)
         self.user_top_k = _positive("user_top_k", user_top_k)
+        # None: the wrapped programs' settings (see metaspo_dspy.optimize.wrapped), else the default.
+        self._given = {
+            "initial_system_prompt": initial_system_prompt is not None,
+            "instructions_in": instructions_in is not None,
+            "adapter": adapter is not None,
+        }
+        if initial_system_prompt is None:
+            initial_system_prompt = DEFAULT_SYSTEM_PROMPT
         initial = (
             initial_system_prompt.text if isinstance(initial_system_prompt, SystemPrompt) else initial_system_prompt
         )
         if not isinstance(initial, str):
             raise ConfigError(f"initial_system_prompt must be a string, got {type(initial).__name__}")
         self.initial_system_prompt = initial
-        self.instructions_in = instructions_in
+        self.instructions_in = instructions_in or "user"
         self.adapter = make_adapter(adapter)
         self.optimizer_adapter = make_adapter(optimizer_adapter)
         self.num_threads = _positive("num_threads", num_threads)
@@ -211,7 +225,12 @@ class MetaSPO(Teleprompter):
         """Run the search and return the optimized :class:`MetaSPOProgram`.
 
         Args:
-            program: one module used for every task, or ``{task: module}``; never modified.
+            program: one module used for every task, or ``{task: module}``, or a
+                :class:`MetaSPOProgram`; never modified. A ``WithSystemPrompt`` is unwrapped: its
+                inner program is optimized and its system prompt, placement and adapter stand in
+                for the settings not given here (:mod:`metaspo_dspy.optimize.wrapped`). A program
+                marked compiled by another optimizer (BootstrapFewShot) is optimized as well: its
+                predictors' instructions change, its demos are kept, and so is its mark.
             trainsets: ``{task: [dspy.Example, ...]}`` (inputs set), the source tasks.
             testsets: optional ``{task: [...]}``; the final beams are scored on them.
             metrics: optional ``{task: metric}`` overriding ``metric``.
@@ -220,8 +239,9 @@ class MetaSPO(Teleprompter):
         """
         if kwargs:
             raise ConfigError(f"unexpected compile() arguments {sorted(kwargs)}; see MetaSPO.compile's docstring")
-        tasks = self._task_runs(program, trainsets, testsets, metrics, user_prompt_suffixes)
-        self._check_context_window(self.task_lm or dspy.settings.lm)
+        tasks, unwrapped = self._task_runs(program, trainsets, testsets, metrics, user_prompt_suffixes)
+        owner = self._for_wrapped(unwrapped)
+        owner._check_context_window(self.task_lm or dspy.settings.lm)
         said = set(self._warned)
         for warning in self.budget_warnings():
             if warning not in said:
@@ -235,8 +255,27 @@ class MetaSPO(Teleprompter):
         if self.preflight:
             for result in preflight([("task", self.task_lm or dspy.settings.lm), ("optimizer", self.optimizer_lm)]):
                 logger.info("preflight: %s", result.describe())
-        run = BilevelRun(self, tasks)
+        run = BilevelRun(owner, tasks)
         return run.execute()
+
+    def _for_wrapped(self, unwrapped: Unwrapped) -> MetaSPO:
+        """This teleprompter, or a copy whose settings not given to it come from the wrappers of
+        the task programs (``metaspo_dspy.optimize.wrapped``); ``self`` is never changed."""
+        if not unwrapped.prompts and not unwrapped.adapters:
+            return self
+        owner = copy.copy(self)
+        wrapped = {"initial_system_prompt": unwrapped.texts, "instructions_in": unwrapped.placements}
+        wrapped["adapter"] = unwrapped.adapters
+        for name, found in wrapped.items():
+            mine = getattr(self, name)
+            show = adapter_name if name == "adapter" else repr
+            setattr(owner, name, choose(name, mine if self._given[name] else None, found, mine, "MetaSPO", show))
+        if len(owner.initial_system_prompt) > owner.max_prompt_chars:
+            raise ConfigError(
+                f"the wrapped programs' system prompt has {len(owner.initial_system_prompt):,} characters, more than "
+                f"max_prompt_chars={owner.max_prompt_chars:,}; shorten it or raise max_prompt_chars"
+            )
+        return owner
 
     def _check_context_window(self, lm: Any) -> None:
         """Refuse an initial system prompt that cannot fit the task model's context window (where
@@ -256,7 +295,7 @@ class MetaSPO(Teleprompter):
             )
 
     # -- set-up ------------------------------------------------------------------------------
-    def _task_runs(self, program, trainsets, testsets, metrics, suffixes) -> dict[str, TaskRun]:
+    def _task_runs(self, program, trainsets, testsets, metrics, suffixes) -> tuple[dict[str, TaskRun], Unwrapped]:
         if not isinstance(trainsets, Mapping) or not trainsets:
             raise ConfigError("compile() needs trainsets={task_name: [dspy.Example, ...]} with at least one task")
         if self.optimizer_lm is None:
@@ -271,16 +310,13 @@ class MetaSPO(Teleprompter):
         unknown = sorted(set(testsets) - set(trainsets))
         if unknown:
             raise ConfigError(f"testsets= names tasks that are not in trainsets: {unknown}")
-        runs = {}
-        for name, train in trainsets.items():
+        for name in trainsets:
             if not isinstance(name, str) or not name:
                 raise ConfigError(f"task names must be non-empty strings, got {name!r}")
-            if isinstance(program, dspy.Module):
-                module = program
-            elif isinstance(program, Mapping) and isinstance(program.get(name), dspy.Module):
-                module = program[name]
-            else:
-                raise ConfigError(f"no program for task {name!r}: pass one dspy.Module or a dict with every task")
+        unwrapped = unwrap_programs(program, list(trainsets))
+        runs = {}
+        for name, train in trainsets.items():
+            module = unwrapped.programs[name]
             metric = metrics.get(name, self.metric)
             if metric is None:
                 raise ConfigError(f"no metric for task {name!r}: pass MetaSPO(metric=...) or compile(metrics=...)")
@@ -293,4 +329,4 @@ class MetaSPO(Teleprompter):
                 testset=test,
                 suffix=(suffixes or {}).get(name, ""),
             )
-        return runs
+        return runs, unwrapped

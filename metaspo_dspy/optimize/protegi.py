@@ -78,7 +78,7 @@ class ProTeGi(SingleTaskOptimizer):
             search.end()
         details = {
             "method": "protegi",
-            "system_prompt": self.system_prompt.text,
+            "system_prompt": search.system_prompt.text,
             "initial": search.store[root.id].to_dict(),
             "rounds": [node_dicts(search, ids) for ids in rounds],
             "nodes": [n.to_dict() for n in search.store.nodes.values()],

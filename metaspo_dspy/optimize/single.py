@@ -7,13 +7,14 @@ from typing import Any
 import dspy
 from dspy.teleprompt.teleprompt import Teleprompter
 
-from metaspo_dspy.adapters import make_adapter
+from metaspo_dspy.adapters import adapter_name, make_adapter
 from metaspo_dspy.evaluation import GridEvaluator
 from metaspo_dspy.metrics import Metric
 from metaspo_dspy.optimize.common import ConfigError, SearchBase, TaskRun, check_examples
 from metaspo_dspy.optimize.proposer import Proposer
 from metaspo_dspy.optimize.state import PromptNode
-from metaspo_dspy.program import DEFAULT_SYSTEM_PROMPT, SystemPrompt, WithSystemPrompt, as_system_prompt
+from metaspo_dspy.optimize.wrapped import choose, unwrap_programs
+from metaspo_dspy.program import DEFAULT_SYSTEM_PROMPT, MetaSPOProgram, SystemPrompt, WithSystemPrompt, as_system_prompt
 
 
 class SingleTaskOptimizer(Teleprompter):
@@ -23,8 +24,15 @@ class SingleTaskOptimizer(Teleprompter):
         metric: per-example metric or ``TaskMetric``.
         optimizer_lm: the LM that writes prompts.
         task_lm: the LM being prompted (default: ``dspy.settings.lm``).
-        system_prompt: the fixed system prompt (text or :class:`SystemPrompt`).
-        adapter, optimizer_adapter: as for ``MetaSPO``.
+        system_prompt: the fixed system prompt (text or :class:`SystemPrompt`; None: the system
+            prompt of a ``WithSystemPrompt`` passed to ``compile``, else "You are a helpful
+            assistant.").
+        adapter, optimizer_adapter: as for ``MetaSPO`` (``adapter=None``: a wrapped student's
+            adapter, else the configured one).
+
+    ``compile`` unwraps a ``WithSystemPrompt`` student (``best.for_task(name)``, an earlier
+    ProTeGi/APE result): the inner program is optimized, never re-wrapped; see
+    :mod:`metaspo_dspy.optimize.wrapped`.
         num_threads, seed, progress: as for ``MetaSPO``.
     """
 
@@ -33,7 +41,7 @@ class SingleTaskOptimizer(Teleprompter):
         metric: Metric,
         optimizer_lm: Any,
         task_lm: Any = None,
-        system_prompt: SystemPrompt | str = DEFAULT_SYSTEM_PROMPT,
+        system_prompt: SystemPrompt | str | None = None,
         adapter: Any = None,
         optimizer_adapter: Any = None,
         num_threads: int = 16,
@@ -49,7 +57,7 @@ class SingleTaskOptimizer(Teleprompter):
         self.metric = metric
         self.optimizer_lm = optimizer_lm
         self.task_lm = task_lm
-        self.system_prompt = as_system_prompt(system_prompt)
+        self.system_prompt = None if system_prompt is None else as_system_prompt(system_prompt)
         self.adapter = make_adapter(adapter)
         self.optimizer_adapter = make_adapter(optimizer_adapter)
         self.num_threads = num_threads
@@ -57,14 +65,25 @@ class SingleTaskOptimizer(Teleprompter):
         self.progress = progress
         self.max_prompt_chars = max_prompt_chars
 
-    def _search(self, program: dspy.Module, trainset: Any, testset: Any, task_name: str, suffix: str) -> SearchBase:
+    def _search(
+        self, program: dspy.Module, trainset: Any, testset: Any, task_name: str, suffix: str
+    ) -> SingleTaskSearch:
         if self.task_lm is None and dspy.settings.lm is None:
             raise ConfigError("no task LM: pass task_lm=dspy.LM(...) or dspy.configure(lm=...)")
-        if not isinstance(program, dspy.Module):
-            raise ConfigError(f"program must be a dspy.Module, got {type(program).__name__}")
+        if not isinstance(program, dspy.Module) or isinstance(program, MetaSPOProgram):
+            raise ConfigError(
+                f"program must be a dspy.Module with the task's predictors, got {type(program).__name__}"
+                + ("; pass best.for_task(name)" if isinstance(program, MetaSPOProgram) else "")
+            )
+        name = type(self).__name__
+        unwrapped = unwrap_programs(program, [task_name])
+        fixed = choose("system_prompt", self.system_prompt, unwrapped.prompts, None, name)
+        fixed = fixed if fixed is not None else SystemPrompt(DEFAULT_SYSTEM_PROMPT)
+        adapter = choose("adapter", self.adapter, unwrapped.adapters, None, name, adapter_name)
         test = check_examples(task_name, testset, "test") if testset is not None else None
-        task = TaskRun(task_name, program, check_examples(task_name, trainset, "train"), self.metric, test, suffix)
-        evaluator = GridEvaluator(self.task_lm, self.adapter, self.num_threads, self.progress)
+        train = check_examples(task_name, trainset, "train")
+        task = TaskRun(task_name, unwrapped.programs[task_name], train, self.metric, test, suffix)
+        evaluator = GridEvaluator(self.task_lm, adapter, self.num_threads, self.progress)
         proposer = Proposer(
             self.optimizer_lm,
             self.optimizer_adapter,
@@ -72,23 +91,32 @@ class SingleTaskOptimizer(Teleprompter):
             self.max_prompt_chars,
             num_threads=min(self.num_threads, 16),
         )
-        return SearchBase({task_name: task}, evaluator, proposer, self.system_prompt.instructions_in, self.seed)
+        search = SingleTaskSearch({task_name: task}, evaluator, proposer, fixed.instructions_in, self.seed)
+        search.system_prompt, search.adapter = fixed, adapter
+        return search
 
-    def _root(self, search: SearchBase, task_name: str) -> PromptNode:
+    def _root(self, search: SingleTaskSearch, task_name: str) -> PromptNode:
         task = search.tasks[task_name]
         return search.store.new(
             task=task_name,
-            system_prompt=self.system_prompt.text,
+            system_prompt=search.system_prompt.text,
             user_prompt=task.initial_user_prompt(),
             parent_id=None,
             depth=0,
         )
 
-    def _result(self, search: SearchBase, node: PromptNode, details: dict[str, Any]) -> WithSystemPrompt:
+    def _result(self, search: SingleTaskSearch, node: PromptNode, details: dict[str, Any]) -> WithSystemPrompt:
         task = search.tasks[node.task]
-        program = WithSystemPrompt(task.prepared(node.user_prompt).deepcopy(), self.system_prompt, self.adapter)
+        program = WithSystemPrompt(task.prepared(node.user_prompt).deepcopy(), search.system_prompt, search.adapter)
         program.detailed_results = details
         return program
+
+
+class SingleTaskSearch(SearchBase):
+    """A one-task search with its fixed system prompt and base adapter (as resolved by compile)."""
+
+    system_prompt: SystemPrompt
+    adapter: Any = None
 
 
 def node_dicts(search: SearchBase, ids: list[int]) -> list[dict[str, Any]]:
