@@ -5,8 +5,9 @@
   ``num_user_prompts`` prompts of the test score. Prompts are given, read from ``prompts_dir``, or
   generated once with APE (one optimizer call each, from 10 random train pairs plus the task's
   prompt suffix) and stored there for reuse by every method.
-* :func:`test_time_adaptation` runs ProTeGi on one task's user prompt with the system prompt fixed
-  and reports, per round, the train and test scores of the prompts kept.
+* :func:`test_time_adaptation` runs ProTeGi (or any DSPy teleprompter: ``optimizer=``) on one task's
+  user prompt with the system prompt fixed and reports, per round, the train and test scores of
+  the prompts kept.
 
 Tasks are :class:`~metaspo_dspy.tasks.base.Task` objects (or anything with ``name``,
 ``program()``, ``train``, ``test``, ``metric`` and optionally ``prompt_suffix``).
@@ -14,11 +15,15 @@ Tasks are :class:`~metaspo_dspy.tasks.base.Task` objects (or anything with ``nam
 
 from __future__ import annotations
 
+import contextlib
 import json
 import statistics
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
+import dspy
+from dspy.teleprompt.teleprompt import Teleprompter
 
 from metaspo_dspy.adapters import make_adapter
 from metaspo_dspy.evaluation import EvalJob, GridEvaluator
@@ -26,7 +31,7 @@ from metaspo_dspy.io import atomic_write_json
 from metaspo_dspy.optimize.common import ConfigError, TaskRun, check_examples
 from metaspo_dspy.optimize.proposer import Proposal, Proposer, io_pairs
 from metaspo_dspy.optimize.protegi import ProTeGi
-from metaspo_dspy.program import SystemPrompt, as_system_prompt
+from metaspo_dspy.program import SystemPrompt, WithSystemPrompt, as_system_prompt, unwrap
 from metaspo_dspy.seeding import rng_for
 
 
@@ -162,19 +167,34 @@ def test_time_adaptation(
     task: Any,
     iterations: int = 6,
     *,
-    optimizer_lm: Any,
+    optimizer_lm: Any = None,
     task_lm: Any = None,
     num_candidates: int = 3,
     beam_width: int = 3,
+    optimizer: Teleprompter | None = None,
     **kwargs: Any,
 ) -> dict[str, Any]:
-    """ProTeGi on ``task`` with ``system_prompt`` fixed; per-round train/test scores of the beam.
+    """User-prompt optimization on ``task`` with ``system_prompt`` fixed; per-round train/test scores.
 
-    Returns ``{"system_prompt", "task", "rounds": [{"round", "train": [...], "test": [...],
-    "best_train", "test_of_best", "mean_test"}], "program", "details"}`` where round 0 is the first
-    expansion and ``test_of_best`` is the test score of the round's best prompt by train score.
+    By default ProTeGi (``iterations`` rounds, ``num_candidates`` x ``beam_width``, the paper's
+    protocol; ``kwargs`` go to :class:`ProTeGi`). With ``optimizer=`` any DSPy teleprompter runs
+    instead (``dspy.GEPA(...)``, ``dspy.MIPROv2(auto="light", ...)``, ``dspy.BootstrapFewShot(...)``):
+    it compiles ``WithSystemPrompt(task.program(), system_prompt, adapter)`` on the train split
+    under ``task_lm`` (so every task call carries the system prompt, and none of the optimizer's own
+    calls do), and its final program is scored on train and test with the task's metric. An
+    optimizer without rounds gives one round. ``kwargs`` then accepts ``adapter``, ``num_threads``,
+    ``progress`` (and ignores the ProTeGi-only ``optimizer_adapter`` and ``seed``).
+
+    Returns ``{"system_prompt", "task", "initial", "rounds": [{"round", "train": [...], "test":
+    [...], "best_train", "test_of_best", "mean_test"}], "program", "details"}`` where round 0 is the
+    first expansion (ProTeGi) or the optimizer's final program, and ``test_of_best`` is the test
+    score of the round's best prompt by train score.
     """
-    optimizer = ProTeGi(
+    if optimizer is not None:
+        return _with_teleprompter(optimizer, as_system_prompt(system_prompt), task, task_lm, **kwargs)
+    if optimizer_lm is None:
+        raise ConfigError("test_time_adaptation needs optimizer_lm=dspy.LM(...) for ProTeGi, or optimizer=")
+    protegi = ProTeGi(
         task.metric,
         optimizer_lm,
         task_lm,
@@ -184,27 +204,87 @@ def test_time_adaptation(
         system_prompt=system_prompt,
         **kwargs,
     )
-    program = optimizer.compile(task.program(), trainset=task.train, testset=task.test, task_name=task.name)
+    program = protegi.compile(task.program(), trainset=task.train, testset=task.test, task_name=task.name)
     details = program.detailed_results
-    rounds = []
-    for r, beam in enumerate(details["rounds"]):
-        tests = [n["test_score"] for n in beam]
-        rounds.append(
-            {
-                "round": r,
-                "train": [n["train_score"] for n in beam],
-                "test": tests,
-                "best_train": beam[0]["train_score"],
-                "test_of_best": beam[0]["test_score"],
-                "mean_test": statistics.fmean(tests) if tests and None not in tests else None,
-            }
-        )
+    rounds = [
+        _round(r, [n["train_score"] for n in beam], [n["test_score"] for n in beam])
+        for r, beam in enumerate(details["rounds"])
+    ]
     return {
         "system_prompt": as_system_prompt(system_prompt).text,
         "task": task.name,
         "initial": details["initial"],
         "rounds": rounds,
         "program": program,
+        "details": details,
+    }
+
+
+def _round(r: int, train: list[float], test: list[float | None]) -> dict[str, Any]:
+    """One round of a test-time adaptation result (a beam sorted by train score)."""
+    return {
+        "round": r,
+        "train": train,
+        "test": test,
+        "best_train": train[0],
+        "test_of_best": test[0],
+        "mean_test": statistics.fmean(test) if test and None not in test else None,
+    }
+
+
+def _with_teleprompter(
+    optimizer: Teleprompter,
+    system_prompt: SystemPrompt,
+    task: Any,
+    task_lm: Any,
+    adapter: Any = None,
+    num_threads: int = 16,
+    progress: bool = True,
+    optimizer_adapter: Any = None,
+    seed: Any = None,
+) -> dict[str, Any]:
+    """:func:`test_time_adaptation` with any DSPy teleprompter: one round, its final program."""
+    if not hasattr(optimizer, "compile"):
+        raise ConfigError(f"optimizer must be a DSPy teleprompter (with compile()), got {type(optimizer).__name__}")
+    adapter = make_adapter(adapter)
+    train = check_examples(task.name, task.train, "train")
+    test = check_examples(task.name, task.test, "test")
+    initial = task.program()
+    student = WithSystemPrompt(initial.deepcopy(), system_prompt, adapter)
+    with dspy.context(lm=task_lm) if task_lm is not None else contextlib.nullcontext():
+        compiled = optimizer.compile(student, trainset=train)
+    final, prompt, _ = unwrap(compiled)
+    prompt = prompt or system_prompt
+    jobs = [
+        EvalJob(task.name, program, prompt.text, prompt.instructions_in, examples, task.metric)
+        for program in (initial, final)
+        for examples in (train, test)
+    ]
+    scores = [
+        r.score for r in GridEvaluator(task_lm, adapter, num_threads, progress).evaluate(jobs, "test-time adaptation")
+    ]
+
+    def node(program: dspy.Module, train_score: float, test_score: float) -> dict[str, Any]:
+        return {
+            "task": task.name,
+            "system_prompt": prompt.text,
+            "user_prompt": {name: p.signature.instructions for name, p in program.named_predictors()},
+            "train_score": train_score,
+            "test_score": test_score,
+        }
+
+    details = {
+        "method": type(optimizer).__name__,
+        "system_prompt": prompt.text,
+        "initial": node(initial, scores[0], scores[1]),
+        "final": node(final, scores[2], scores[3]),
+    }
+    return {
+        "system_prompt": system_prompt.text,
+        "task": task.name,
+        "initial": details["initial"],
+        "rounds": [_round(0, [scores[2]], [scores[3]])],
+        "program": compiled,
         "details": details,
     }
 
