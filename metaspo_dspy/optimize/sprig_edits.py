@@ -172,7 +172,6 @@ def pick_edit(
     rng: random.Random,
     seen: set[str],
     max_chars: int,
-    rephrased: set[tuple[int, int]],
 ) -> Edit | None:
     """One concrete ``edit_type`` edit of ``parent`` whose prompt is not in ``seen`` and at most
     ``max_chars`` long, or None when there is none.
@@ -181,8 +180,7 @@ def pick_edit(
       at a random position (the next component or position when the prompt was made before);
     * ``swap``: a random pair of positions; ``delete``: a random position (only from prompts with
       at least two components, so an edit never empties the prompt);
-    * ``rephrase``: a random position not yet rephrased for this parent in this iteration
-      (``rephrased`` holds ``(parent id, position)`` pairs and is updated).
+    * ``rephrase``: a random position (the optimizer's answer is checked for duplicates later).
     """
     comps, srcs = parent.components, parent.sources
     if edit_type == "add":
@@ -225,11 +223,9 @@ def pick_edit(
                 return edit
         return None
     if edit_type == "rephrase":
-        free = [p for p in range(len(comps)) if (parent.id, p) not in rephrased]
-        if not free:
+        if not comps:
             return None
-        pos = rng.choice(free)
-        rephrased.add((parent.id, pos))
+        pos = rng.randrange(len(comps))
         return Edit("rephrase", list(comps), list(srcs), {"position": pos, "original": comps[pos]})
     raise ValueError(f"unknown edit type {edit_type!r}; expected one of {EDIT_TYPES}")
 

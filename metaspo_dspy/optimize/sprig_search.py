@@ -109,21 +109,12 @@ class SprigRun(SearchRun):
         beam = [self.candidates[i] for i in state.beam]
         pending: Counter[str] = Counter()
         picked: list[tuple[int, Candidate, Edit]] = []
-        rephrasing: set[tuple[int, int]] = set()
         for slot in range(slots):
             parent = beam[slot % len(beam)]
             rng = rng_for(self.seed, iteration, "sprig", slot)
             for edit_type in self.edit_types.ranked(pending):
-                edit = pick_edit(
-                    edit_type,
-                    parent,
-                    self.library,
-                    self.components,
-                    rng,
-                    self.seen,
-                    self.o.max_prompt_chars,
-                    rephrasing,
-                )
+                limit = self.o.max_prompt_chars
+                edit = pick_edit(edit_type, parent, self.library, self.components, rng, self.seen, limit)
                 if edit is not None:
                     pending[edit_type] += 1
                     picked.append((slot, parent, edit))
