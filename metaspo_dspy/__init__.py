@@ -14,6 +14,7 @@ from metaspo_dspy.optimize.metaspo import MetaSPO, reference_bilevel_nodes
 from metaspo_dspy.optimize.protegi import ProTeGi
 from metaspo_dspy.optimize.sprig import SPRIG
 from metaspo_dspy.program import MetaSPOProgram, SystemPrompt, WithSystemPrompt
+from metaspo_dspy.scope import no_system_prompt, system_prompt_scope
 from metaspo_dspy.tasks import Task, compile_kwargs, load_task, load_tasks, load_unseen_user_prompts, make_task
 
 __all__ = [
@@ -35,7 +36,9 @@ __all__ = [
     "load_tasks",
     "load_unseen_user_prompts",
     "make_task",
+    "no_system_prompt",
     "reference_bilevel_nodes",
+    "system_prompt_scope",
     "test_time_adaptation",
     "unseen_generalization",
     "with_system_prompt",
