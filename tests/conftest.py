@@ -1,4 +1,11 @@
-"""Shared fixtures: clean DSPy settings per test, the shared data folder, fake LMs."""
+"""Shared fixtures: clean DSPy settings per test, the bundled data, a cache fetched from test-made
+originals, fake LMs.
+
+Tests never read ``../shared``: task data comes from the package (``metaspo_dspy/data``) or from
+:func:`fetched_cache`, which runs the real ``metaspo data fetch`` code against a loopback server.
+Every test runs with ``$METASPO_DATA_DIR`` unset, ``$METASPO_CACHE_DIR`` an empty folder (so a
+developer's own cache or data folder cannot change a result) and ``$METASPO_DATA_URL`` a closed
+loopback port (so nothing reaches the internet)."""
 
 from __future__ import annotations
 
@@ -13,11 +20,18 @@ os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 import dspy
 import pytest
 
+from metaspo_dspy.tasks.local import BUNDLED_DIR
 from metaspo_dspy.testing import FakeEngine, fake_lm
 
 dspy_settings = importlib.import_module("dspy.dsp.utils.settings")
 REPO = Path(__file__).resolve().parents[1]
-DATA_DIR = Path(os.environ.get("METASPO_DATA_DIR", REPO.parent / "shared" / "data"))
+#: the task data bundled in the package (reference layout)
+DATA_DIR = BUNDLED_DIR
+#: a reference-format result file of the MetaSPO reference code (bilevel_nodes_0.json), from a run
+#: against a deterministic mock model: its shape only matters
+REFERENCE_SAMPLE = REPO / "tests" / "data" / "bilevel_nodes_sample.json"
+#: the four MedMCQA source tasks (bundled; 90-135 train examples each)
+MEDICAL_SOURCE = ("ob_gyn", "medicine", "pharmacology", "pathology")
 
 
 def pytest_configure(config):
@@ -33,11 +47,29 @@ def clean_dspy_settings():
     dspy_settings.main_thread_config.update(saved)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def hermetic_data_env(tmp_path_factory):
+    """No data folder from the environment, an empty user cache, no reachable download host."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.delenv("METASPO_DATA_DIR", raising=False)
+        patch.setenv("METASPO_CACHE_DIR", str(tmp_path_factory.mktemp("empty-user-cache")))
+        patch.setenv("METASPO_DATA_URL", "http://127.0.0.1:9")
+        yield
+
+
 @pytest.fixture
 def data_dir() -> Path:
-    if not (DATA_DIR / "amazon" / "beauty.json").exists():
-        pytest.skip(f"shared data not found at {DATA_DIR} (set METASPO_DATA_DIR)")
+    """The bundled data folder (reference layout)."""
     return DATA_DIR
+
+
+@pytest.fixture(scope="session")
+def fetched_cache(tmp_path_factory) -> Path:
+    """A user cache holding every non-bundled task and the unseen tasks' user prompts, written by the
+    real fetch code from test-made originals served on a loopback server (tests/originals.py)."""
+    from originals import build_cache
+
+    return build_cache(tmp_path_factory.mktemp("fetch"))
 
 
 def load_examples(data_dir: Path, domain: str, task: str, n: int = 50, split: str = "train") -> list[dspy.Example]:
@@ -51,11 +83,10 @@ def exact_metric(example, prediction, trace=None) -> bool:
 
 
 @pytest.fixture
-def amazon(data_dir):
-    """Four Amazon source tasks, 50 train examples each, plus a gold table for the fake LM."""
-    tasks = ["beauty", "game", "baby", "office"]
-    train = {t: load_examples(data_dir, "amazon", t, 50) for t in tasks}
-    gold = {e.question: e.answer for t in tasks for e in train[t]}
+def medical(data_dir):
+    """The four MedMCQA source tasks (bundled), 50 train examples each, plus a gold table for the fake LM."""
+    train = {t: load_examples(data_dir, "medmcqa", t, 50) for t in MEDICAL_SOURCE}
+    gold = {e.question: e.answer for t in MEDICAL_SOURCE for e in train[t]}
     return train, gold
 
 

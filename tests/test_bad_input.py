@@ -11,7 +11,6 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from conftest import DATA_DIR
 
 FAKE = ["--task-model", "metaspo-fake/t", "--optimizer-model", "metaspo-fake/o"]
 TINY = ["--iterations", "1", "--system-candidates", "1", "--user-candidates", "1", "--train-size", "4"]
@@ -51,56 +50,61 @@ def _files(root: Path) -> dict[str, Path]:
 
 
 def _cases(f: dict[str, Path]) -> list[tuple[str, list[str], str]]:
-    review = ["-c", "review", *FAKE, *TINY]
+    medical = ["-c", "medical", *FAKE, *TINY]
     return [
         ("malformed YAML", ["train", "-c", str(f["malformed_yaml"]), *FAKE], "bad.yaml"),
-        ("unknown config key", ["train", "-c", "review", str(f["unknown_key"]), *FAKE], "num_iteratons"),
-        ("unknown --set key", ["train", *review, "--set", "serch.num_iterations=2"], "serch"),
-        ("--set without =", ["train", *review, "--set", "search.num_iterations"], "KEY=VALUE"),
-        ("unknown task", ["train", *review, "--set", "tasks.source=[beauty,no_such_task]"], "no_such_task"),
-        ("wrong type", ["train", "-c", "review", str(f["wrong_type"]), *FAKE], "num_iterations"),
+        ("unknown config key", ["train", "-c", "medical", str(f["unknown_key"]), *FAKE], "num_iteratons"),
+        ("unknown --set key", ["train", *medical, "--set", "serch.num_iterations=2"], "serch"),
+        ("--set without =", ["train", *medical, "--set", "search.num_iterations"], "KEY=VALUE"),
+        ("unknown task", ["train", *medical, "--set", "tasks.source=[beauty,no_such_task]"], "no_such_task"),
+        ("wrong type", ["train", "-c", "medical", str(f["wrong_type"]), *FAKE], "num_iterations"),
         ("empty task list", ["train", "-c", str(f["empty_tasks"]), *FAKE], "tasks.source"),
-        ("API key in a config", ["train", "-c", "review", str(f["api_key"])], "api_key"),
+        ("API key in a config", ["train", "-c", "medical", str(f["api_key"])], "api_key"),
         ("unknown config file", ["train", "-c", "no_such_config", *FAKE], "no_such_config"),
-        ("missing data file", ["train", *review, "--data-dir", str(f["data"]), "--set", "tasks.source=[office]"],
+        ("missing data file", ["train", *medical, "--data-dir", str(f["data"]), "--set", "tasks.source=[office]"],
          "office"),
-        ("malformed data file", ["train", *review, "--data-dir", str(f["data"]), "--set", "tasks.source=[beauty]"],
+        ("malformed data file", ["train", *medical, "--data-dir", str(f["data"]), "--set", "tasks.source=[beauty]"],
          "beauty.json"),
-        ("empty train set", ["train", *review, "--data-dir", str(f["data"]), "--set", "tasks.source=[game]"],
+        ("empty train set", ["train", *medical, "--data-dir", str(f["data"]), "--set", "tasks.source=[game]"],
          "no examples"),
-        ("data file without splits", ["train", *review, "--data-dir", str(f["data"]), "--set", "tasks.source=[baby]"],
+        ("data file without splits", ["train", *medical, "--data-dir", str(f["data"]), "--set", "tasks.source=[baby]"],
          "baby"),
-        ("train size 0", ["train", *review, "--train-size", "0"], "train_size"),
-        ("negative iterations", ["train", *review, "--iterations", "-1"], "num_iterations"),
-        ("no task model", ["train", "-c", "review"], "--task-model"),
-        ("unknown model string", ["train", "-c", "review", "--task-model", "nonsense-model", *FAKE[2:]],
+        ("train size 0", ["train", *medical, "--train-size", "0"], "train_size"),
+        ("negative iterations", ["train", *medical, "--iterations", "-1"], "num_iterations"),
+        ("no task model", ["train", "-c", "medical"], "--task-model"),
+        ("unknown model string", ["train", "-c", "medical", "--task-model", "nonsense-model", *FAKE[2:]],
          "nonsense-model"),
-        ("missing API key", ["train", "-c", "review", "--task-model", "openai/gpt-4o-mini", *FAKE[2:]],
+        ("missing API key", ["train", "-c", "medical", "--task-model", "openai/gpt-4o-mini", *FAKE[2:]],
          "OPENAI_API_KEY"),
-        ("missing system prompt file", ["train", *review, "--initial-system-prompt", "no/such/prompt.txt"],
+        ("missing system prompt file", ["train", *medical, "--initial-system-prompt", "no/such/prompt.txt"],
          "no/such/prompt.txt"),
-        ("empty system prompt file", ["train", *review, "--initial-system-prompt", str(f["empty_prompt"])],
+        ("empty system prompt file", ["train", *medical, "--initial-system-prompt", str(f["empty_prompt"])],
          "empty"),
-        ("unreadable system prompt", ["train", *review, "--initial-system-prompt", str(f["prompt_dir"])],
+        ("unreadable system prompt", ["train", *medical, "--initial-system-prompt", str(f["prompt_dir"])],
          "prompt_dir"),
-        ("log dir not writable", ["train", *review, "--log-dir", str(f["a_file"] / "run")], "a_file"),
-        ("log dir holds a run", ["train", *review, "--log-dir", str(f["existing"])], "already holds a run"),
+        ("log dir not writable", ["train", *medical, "--log-dir", str(f["a_file"] / "run")], "a_file"),
+        ("log dir holds a run", ["train", *medical, "--log-dir", str(f["existing"])], "already holds a run"),
         ("resume nothing", ["train", "--resume", str(f["a_file"].parent / "nothing")], "nothing to resume"),
         ("resume with other flags", ["train", "--resume", str(f["existing"]), "--iterations", "2"], "--iterations"),
-        ("unknown preset", ["test", "-c", "review", *FAKE, "--system-prompt", "no-such-preset"], "no-such-preset"),
+        ("unknown preset", ["test", "-c", "medical", *FAKE, "--system-prompt", "no-such-preset"], "no-such-preset"),
         ("test without unseen tasks", ["test", "-c", str(f["source_only"]), *FAKE], "no unseen tasks"),
         ("show a non-run", ["show", str(f["prompt_dir"])], "holds no MetaSPO run"),
+        ("task neither bundled nor fetched", ["train", "-c", "review", *FAKE, *TINY],
+         "run `metaspo data fetch review`"),
+        ("authors' prompts not fetched", ["test", "-c", "medical", *FAKE, "--user-prompts", "authors"],
+         "run `metaspo data fetch dental`"),
+        ("unknown fetch target", ["data", "fetch", "reviews"], "unknown data target 'reviews'"),
+        ("fetch from nowhere", ["data", "fetch", "ethos", "--cache-dir", str(f["a_file"].parent / "fetched")],
+         "cannot download http://127.0.0.1:9/intelligence-csd-auth-gr/"),
     ]  # fmt: skip
 
 
 @pytest.fixture(scope="module")
 def outcomes(tmp_path_factory):
-    if not (DATA_DIR / "amazon" / "beauty.json").exists():
-        pytest.skip(f"shared data not found at {DATA_DIR}")
     root = tmp_path_factory.mktemp("bad")
     files = _files(root)
     env = {k: v for k, v in os.environ.items() if not k.endswith("_API_KEY")}
-    env.update(METASPO_DATA_DIR=str(DATA_DIR), DSPY_CACHEDIR=str(root / "cache"))
+    env.update(DSPY_CACHEDIR=str(root / "cache"))
 
     def run(case):
         name, args, _ = case

@@ -11,7 +11,7 @@ from conftest import exact_metric, load_examples
 
 from metaspo_dspy import APE, ConfigError, ProTeGi, WithSystemPrompt, test_time_adaptation, unseen_generalization
 
-SIG = dspy.Signature("question -> answer", "Predict the customer's rating from 1 to 5.")
+SIG = dspy.Signature("question -> answer", "Choose the best answer.")
 
 
 @dataclass
@@ -32,8 +32,8 @@ class SimpleTask:
 def _task(data_dir, name, n_train=10, n_test=10):
     return SimpleTask(
         name,
-        load_examples(data_dir, "amazon", name, n_train),
-        load_examples(data_dir, "amazon", name, n_test, split="test"),
+        load_examples(data_dir, "medmcqa", name, n_train),
+        load_examples(data_dir, "medmcqa", name, n_test, split="test"),
     )
 
 
@@ -42,10 +42,10 @@ def _gold(*tasks):
 
 
 def test_protegi_evaluates_58_prompts_and_tests_every_kept_one(data_dir, engine_factory):
-    task = _task(data_dir, "pet")
+    task = _task(data_dir, "dental")
     engine, task_lm, opt_lm = engine_factory("protegi", gold=_gold(task))
     result = ProTeGi(exact_metric, opt_lm, task_lm, system_prompt="Be exact.", progress=False).compile(
-        task.program(), trainset=task.train, testset=task.test, task_name="pet"
+        task.program(), trainset=task.train, testset=task.test, task_name="dental"
     )
     details = result.detailed_results
     train_evaluations = sum(p["evaluations"] for p in details["phases"] if p["phase"] != "test")
@@ -65,7 +65,7 @@ def test_protegi_evaluates_58_prompts_and_tests_every_kept_one(data_dir, engine_
 
 
 def test_ape_generates_keeps_top_k_and_resamples(data_dir, engine_factory):
-    task = _task(data_dir, "sports")
+    task = _task(data_dir, "anatomy")
     engine, task_lm, opt_lm = engine_factory("ape-single", gold=_gold(task))
     result = APE(exact_metric, opt_lm, task_lm, num_candidates=4, top_k=2, progress=False).compile(
         task.program(), trainset=task.train, testset=task.test, prompt_suffix=" <Question>{question}</Question>"
@@ -82,12 +82,12 @@ def test_ape_generates_keeps_top_k_and_resamples(data_dir, engine_factory):
 
 
 def test_unseen_generalization_with_given_and_generated_prompts(data_dir, engine_factory, tmp_path):
-    pet, sports = _task(data_dir, "pet"), _task(data_dir, "sports")
-    engine, task_lm, opt_lm = engine_factory("unseen", gold=_gold(pet, sports))
-    given = {"pet": ["Rate the review 1-5.", "Give the star rating.", "How many stars?"]}
+    dental, anatomy = _task(data_dir, "dental"), _task(data_dir, "anatomy")
+    engine, task_lm, opt_lm = engine_factory("unseen", gold=_gold(dental, anatomy))
+    given = {"dental": ["Pick the right option.", "Answer with a letter.", "Which option is correct?"]}
     result = unseen_generalization(
         "You are careful.",
-        [pet, sports],
+        [dental, anatomy],
         user_prompts=given,
         num_user_prompts=3,
         task_lm=task_lm,
@@ -95,25 +95,27 @@ def test_unseen_generalization_with_given_and_generated_prompts(data_dir, engine
         prompts_dir=tmp_path,
         progress=False,
     )
-    assert result["tasks"]["pet"]["user_prompts"] == given["pet"]
-    stored = json.loads((tmp_path / "sports.json").read_text())
-    assert len(stored) == 3 and result["tasks"]["sports"]["user_prompts"] == stored
+    assert result["tasks"]["dental"]["user_prompts"] == given["dental"]
+    stored = json.loads((tmp_path / "anatomy.json").read_text())
+    assert len(stored) == 3 and result["tasks"]["anatomy"]["user_prompts"] == stored
     assert engine.counts["optimizer"] == 3, "APE prompts generated once, one call each"
     assert engine.counts["task"] == 2 * 3 * 10
     for entry in result["tasks"].values():
         assert entry["mean"] == pytest.approx(sum(entry["scores"]) / 3)
-    assert result["average"] == pytest.approx((result["tasks"]["pet"]["mean"] + result["tasks"]["sports"]["mean"]) / 2)
+    assert result["average"] == pytest.approx(
+        (result["tasks"]["dental"]["mean"] + result["tasks"]["anatomy"]["mean"]) / 2
+    )
     # Stored prompts are reused: no new optimizer call.
     again = unseen_generalization(
-        "You are careful.", [sports], num_user_prompts=3, task_lm=task_lm, prompts_dir=tmp_path, progress=False
+        "You are careful.", [anatomy], num_user_prompts=3, task_lm=task_lm, prompts_dir=tmp_path, progress=False
     )
-    assert engine.counts["optimizer"] == 3 and again["tasks"]["sports"]["user_prompts"] == stored
-    with pytest.raises(ConfigError, match="no user prompts for unseen task 'pet'"):
-        unseen_generalization("x", [pet], task_lm=task_lm, progress=False)
+    assert engine.counts["optimizer"] == 3 and again["tasks"]["anatomy"]["user_prompts"] == stored
+    with pytest.raises(ConfigError, match="no user prompts for unseen task 'dental'"):
+        unseen_generalization("x", [dental], task_lm=task_lm, progress=False)
 
 
 def test_test_time_adaptation_reports_rounds(data_dir, engine_factory):
-    task = _task(data_dir, "electronics", n_train=8, n_test=8)
+    task = _task(data_dir, "surgery", n_train=8, n_test=8)
     _engine, task_lm, opt_lm = engine_factory("tta", gold=_gold(task))
     result = test_time_adaptation(
         "You are careful.", task, iterations=2, optimizer_lm=opt_lm, task_lm=task_lm, progress=False

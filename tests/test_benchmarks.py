@@ -11,7 +11,6 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import DATA_DIR
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
@@ -21,9 +20,11 @@ def out(tmp_path_factory):
     return tmp_path_factory.mktemp("benchmarks")
 
 
-def _run(out: Path, script: str, *args: str) -> dict:
+def _run(out: Path, script: str, *args: str, data_dir: Path | None = None) -> dict:
     env = {k: v for k, v in os.environ.items() if not k.endswith("_API_KEY")}
-    env.update(METASPO_BENCHMARK_OUT=str(out), METASPO_DATA_DIR=str(DATA_DIR), DSPY_CACHEDIR=str(out / "cache"))
+    env.update(METASPO_BENCHMARK_OUT=str(out), DSPY_CACHEDIR=str(out / "cache"))
+    if data_dir is not None:  # benchmarks/common.py reads its data folder from METASPO_DATA_DIR
+        env["METASPO_DATA_DIR"] = str(data_dir)
     result = subprocess.run(
         [sys.executable, str(BENCHMARKS / f"{script}.py"), "--quick", *args],
         cwd=BENCHMARKS, env=env, capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL,
@@ -52,10 +53,9 @@ def test_layers(out):
     assert data["results"]["litellm"]["LiteLLM"] > 0 and data["results"]["native"].get("LiteLLM", 0) == 0
 
 
-def test_full_run_and_frugal_screening(out):
-    if not (DATA_DIR / "amazon" / "beauty.json").exists():
-        pytest.skip(f"shared data not found at {DATA_DIR}")
-    data = _run(out, "full_run", "--frugal")
+def test_full_run_and_frugal_screening(out, fetched_cache):
+    """full_run.py trains on Amazon tasks: here the cache fetched from test-made originals."""
+    data = _run(out, "full_run", "--frugal", data_dir=fetched_cache)
     faithful, frugal = data["runs"]
     for run in (faithful, frugal):
         assert sum(p["task_lm_calls"] for p in run["phases"]) == run["calls"]["task_lm"]

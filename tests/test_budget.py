@@ -12,12 +12,14 @@ from metaspo_dspy.budget import priced_cost
 from metaspo_dspy.estimate import estimate_calls
 from metaspo_dspy.testing import FakeEngine, fake_lm
 
-SIG = dspy.Signature("question -> answer", "Predict the customer's rating from 1 to 5.")
+SIG = dspy.Signature(
+    "question -> answer", "Given the following question and candidate answers, choose the best answer."
+)
 SMALL = dict(num_iterations=2, num_system_candidates=2, num_user_candidates=2, user_top_k=2, progress=False)
 
 
 def _train(data_dir):
-    train = {t: load_examples(data_dir, "amazon", t, 5) for t in ("beauty", "game")}
+    train = {t: load_examples(data_dir, "medmcqa", t, 5) for t in ("ob_gyn", "medicine")}
     return train, {e.question: e.answer for exs in train.values() for e in exs}
 
 
@@ -33,7 +35,7 @@ def test_max_lm_calls_stops_before_the_phase_that_would_exceed_it(data_dir, engi
     assert artifact["stopped"].startswith("stopped before the outer phase: max_lm_calls=50: 38 calls made")
     assert engine.counts["task"] + engine.counts["optimizer"] == 38 <= 50
     assert artifact["outer_decisions"] == []
-    assert best.tasks["beauty"].signature.instructions == artifact["tasks"]["beauty"]["user_prompt"]["self"]
+    assert best.tasks["ob_gyn"].signature.instructions == artifact["tasks"]["ob_gyn"]["user_prompt"]["self"]
     assert (tmp_path / "program.json").exists() and (tmp_path / "metaspo_run.json").exists()
 
 
@@ -124,7 +126,7 @@ def test_max_cost_enforces_the_priced_part_and_names_the_unpriced_model(data_dir
 
 
 def test_frugal_screening_saves_calls_and_records_screened_out_candidates(data_dir, engine_factory):
-    train = {t: load_examples(data_dir, "amazon", t, 10) for t in ("beauty", "game")}
+    train = {t: load_examples(data_dir, "medmcqa", t, 10) for t in ("ob_gyn", "medicine")}
     gold = {e.question: e.answer for exs in train.values() for e in exs}
     _engine, task_lm, opt_lm = engine_factory("screening", gold=gold)
     kwargs = dict(num_iterations=1, num_system_candidates=4, num_user_candidates=2, user_top_k=2, progress=False)

@@ -1,5 +1,5 @@
-"""The metaspo CLI as real subprocesses: train / test / show on real tasks with the fake provider,
-and bad input (one clear message, exit code 2, no traceback, nothing half-written)."""
+"""The metaspo CLI as real subprocesses: train / test / show on real (bundled) tasks with the fake
+provider, and bad input (one clear message, exit code 2, no traceback, nothing half-written)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import DATA_DIR, REPO
+from conftest import REPO
+
+from metaspo_dspy.tasks import DOMAIN_TASKS, SOURCE_TASKS
 
 FAKE = ["--task-model", "metaspo-fake/task", "--optimizer-model", "metaspo-fake/opt"]
 SMALL = ["--iterations", "1", "--system-candidates", "2", "--user-candidates", "2", "--user-top-k", "2"]
@@ -19,7 +21,7 @@ SMALL = ["--iterations", "1", "--system-candidates", "2", "--user-candidates", "
 def metaspo(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None, timeout: int = 300):
     """Run ``python -m metaspo_dspy.cli ...`` with a clean environment (no API keys)."""
     base = {k: v for k, v in os.environ.items() if not k.endswith("_API_KEY")}
-    base.update({"METASPO_DATA_DIR": str(DATA_DIR), "DSPY_CACHEDIR": str((cwd or REPO) / ".dspy_cache_test")})
+    base.update({"DSPY_CACHEDIR": str((cwd or REPO) / ".dspy_cache_test")})
     base.update(env or {})
     return subprocess.run(
         [sys.executable, "-m", "metaspo_dspy.cli", *args],
@@ -34,10 +36,10 @@ def metaspo(*args: str, env: dict[str, str] | None = None, cwd: Path | None = No
 
 @pytest.fixture
 def gold_file(data_dir, tmp_path):
-    """Gold answers for the review tasks, so the fake model answers correctly at its skill level."""
+    """Gold answers for the medical tasks, so the fake model answers correctly at its skill level."""
     gold = {}
-    for task in ("beauty", "game", "baby", "office", "electronics", "pet", "sports"):
-        rows = json.loads((data_dir / "amazon" / f"{task}.json").read_text())
+    for task in DOMAIN_TASKS["medical"]:
+        rows = json.loads((data_dir / "medmcqa" / f"{task}.json").read_text())
         for row in rows["train"] + rows["test"]:
             gold[row["question"]] = str(row["answer"])
     path = tmp_path / "gold.json"
@@ -45,14 +47,15 @@ def gold_file(data_dir, tmp_path):
     return path
 
 
-def test_train_test_show_on_real_tasks_with_the_fake_provider(gold_file, tmp_path):
+def test_train_test_show_on_real_tasks_with_the_fake_provider(gold_file, fetched_cache, tmp_path):
+    """The bundled medical domain, with the authors' unseen user prompts fetched into the cache."""
     run_dir = tmp_path / "run"
     log = tmp_path / "fake.jsonl"
-    env = {"METASPO_FAKE_GOLD": str(gold_file), "METASPO_FAKE_LOG": str(log)}
+    env = {"METASPO_FAKE_GOLD": str(gold_file), "METASPO_FAKE_LOG": str(log), "METASPO_CACHE_DIR": str(fetched_cache)}
     train = metaspo(
         "train",
         "-c",
-        "review",
+        "medical",
         *FAKE,
         *SMALL,
         "--train-size",
@@ -72,7 +75,7 @@ def test_train_test_show_on_real_tasks_with_the_fake_provider(gold_file, tmp_pat
     requests = [json.loads(line) for line in log.read_text().splitlines()]
     assert sum(r["kind"] == "task" for r in requests) == artifact["calls"]["task_lm"] == 360
     assert sum(r["kind"] == "optimizer" for r in requests) == artifact["calls"]["optimizer_lm"] == 20
-    assert set(artifact["tasks"]) == {"beauty", "game", "baby", "office"}
+    assert set(artifact["tasks"]) == set(SOURCE_TASKS["medical"])
     assert all(entry["test_score"] is not None for entry in artifact["tasks"].values())
     for name in (
         "config.json",
@@ -89,7 +92,7 @@ def test_train_test_show_on_real_tasks_with_the_fake_provider(gold_file, tmp_pat
     test = metaspo(
         "test",
         "-c",
-        "review",
+        "medical",
         *FAKE,
         "--system-prompt",
         "default",
@@ -108,16 +111,18 @@ def test_train_test_show_on_real_tasks_with_the_fake_provider(gold_file, tmp_pat
     results = json.loads((tmp_path / "unseen" / "unseen_results.json").read_text())
     labels = list(results["results"])
     assert labels == ["default", "run"]
-    pet = results["results"]["default"]["tasks"]["pet"]
-    assert len(pet["scores"]) == 2 and "{question}" not in pet["user_prompts"][0]  # the authors' prompts
+    dental = results["results"]["default"]["tasks"]["dental"]
+    stored = json.loads((fetched_cache / "unseen_user_prompts" / "dental.json").read_text())
+    assert len(dental["scores"]) == 2 and stored[0].startswith(dental["user_prompts"][0])  # the authors' prompts
+    assert "{question}" not in dental["user_prompts"][0]
     requests = [json.loads(line) for line in log.read_text().splitlines()]
     assert sum(r["kind"] == "preflight" for r in requests) == 2, "one check of each model"
     requests = [r for r in requests if r["kind"] != "preflight"]
     assert {r["kind"] for r in requests} == {"task"}, "stored user prompts: no optimizer call"
     distinct = len(set(results["system_prompts"].values()))
-    # 3 tasks x 2 prompts x 10 examples per distinct system prompt (an identical one is served from the cache)
-    assert len(requests) == distinct * 3 * 2 * 10
-    assert "average" in test.stdout and "electronics" in test.stdout
+    # 4 tasks x 2 prompts x 10 examples per distinct system prompt (an identical one is served from the cache)
+    assert len(requests) == distinct * 4 * 2 * 10
+    assert "average" in test.stdout and "pediatrics" in test.stdout
 
     show = metaspo("show", str(run_dir), "--proposals", cwd=tmp_path)
     assert show.returncode == 0 and show.stdout.strip() == artifact["optimized_system_prompt"]
@@ -129,12 +134,12 @@ def test_test_time_adaptation_from_the_cli(gold_file, tmp_path):
     result = metaspo(
         "test",
         "-c",
-        "review",
+        "medical",
         *FAKE,
         "--analysis",
         "tta",
         "--tasks",
-        "pet",
+        "dental",
         "--tta-iterations",
         "1",
         "--train-size",
@@ -149,7 +154,7 @@ def test_test_time_adaptation_from_the_cli(gold_file, tmp_path):
     )
     assert result.returncode == 0, result.stderr
     data = json.loads((tmp_path / "tta_results.json").read_text())
-    rounds = data["results"]["default"]["pet"]["rounds"]
+    rounds = data["results"]["default"]["dental"]["rounds"]
     assert [r["round"] for r in rounds] == [0, 1]
     assert "round 0" in result.stdout
 
@@ -160,7 +165,7 @@ def test_an_existing_run_dir_is_not_overwritten(gold_file, tmp_path):
     args = [
         "train",
         "-c",
-        "review",
+        "medical",
         *FAKE,
         "--iterations",
         "1",

@@ -1,4 +1,5 @@
-"""End to end: compile on real tasks from ../shared/data with the fake LM; check program, artifact, scores."""
+"""End to end: compile on real tasks of three domains (the bundled data) with the fake LM; check program,
+artifact, scores."""
 
 from __future__ import annotations
 
@@ -6,28 +7,23 @@ import json
 
 import dspy
 import pytest
-from conftest import exact_metric, load_examples
+from conftest import REFERENCE_SAMPLE, exact_metric, load_examples
 
 from metaspo_dspy import MetaSPO, MetaSPOProgram, SystemPrompt
 from metaspo_dspy.evaluation import EvalJob, GridEvaluator
 
-SIG = dspy.Signature("question -> answer", "Predict the customer's rating from 1 to 5.")
+HATE = dspy.Signature("question -> answer", "Is the following text hate speech? Answer yes or no.")
+ENTAIL = dspy.Signature("question -> answer", "Determine whether one sentence entails the next.")
 MED = dspy.Signature("question -> answer", "Answer the medical question with the option letter.")
 
 
 @pytest.fixture
 def suite(data_dir):
-    train = {
-        "beauty": load_examples(data_dir, "amazon", "beauty", 20),
-        "game": load_examples(data_dir, "amazon", "game", 20),
-        "ob_gyn": load_examples(data_dir, "medmcqa", "ob_gyn", 20),
-    }
-    test = {
-        name: load_examples(data_dir, "amazon" if name != "ob_gyn" else "medmcqa", name, 15, split="test")
-        for name in train
-    }
+    folders = {"hatecheck": "safety", "epistemic": "bigbench", "ob_gyn": "medmcqa"}
+    train = {name: load_examples(data_dir, folder, name, 20) for name, folder in folders.items()}
+    test = {name: load_examples(data_dir, folder, name, 15, split="test") for name, folder in folders.items()}
     gold = {e.question: e.answer for sets in (train, test) for exs in sets.values() for e in exs}
-    programs = {"beauty": dspy.Predict(SIG), "game": dspy.Predict(SIG), "ob_gyn": dspy.Predict(MED)}
+    programs = {"hatecheck": dspy.Predict(HATE), "epistemic": dspy.Predict(ENTAIL), "ob_gyn": dspy.Predict(MED)}
     return programs, train, test, gold
 
 
@@ -85,7 +81,7 @@ def test_compile_on_real_tasks(suite, engine_factory, tmp_path):
     assert loaded.detailed_results["optimized_system_prompt"] == artifact["optimized_system_prompt"]
 
 
-def test_reference_export_matches_the_reference_sample_shape(suite, engine_factory, tmp_path, data_dir):
+def test_reference_export_matches_the_reference_sample_shape(suite, engine_factory, tmp_path):
     programs, train, _, gold = suite
     _engine, task_lm, opt_lm = engine_factory("shape", gold=gold)
     MetaSPO(
@@ -99,7 +95,7 @@ def test_reference_export_matches_the_reference_sample_shape(suite, engine_facto
         progress=False,
     ).compile(programs, trainsets=train)
     ours = json.loads((tmp_path / "bilevel_nodes.json").read_text())
-    sample = json.loads((data_dir / "reference" / "bilevel_nodes_sample.json").read_text())
+    sample = json.loads(REFERENCE_SAMPLE.read_text())
     assert set(ours) == set(sample)
     our_node, their_node = ours["nodes"][0][0][0], sample["nodes"][0][0][0]
     assert set(our_node) == set(their_node)

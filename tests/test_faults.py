@@ -13,7 +13,9 @@ from conftest import exact_metric, load_examples, mock_server
 from metaspo_dspy import MetaSPO
 from metaspo_dspy.optimize.common import TooManyFailures
 
-SIG = dspy.Signature("question -> answer", "Predict the customer's rating from 1 to 5.")
+SIG = dspy.Signature(
+    "question -> answer", "Given the following question and candidate answers, choose the best answer."
+)
 
 
 def _lm(url: str, temperature: float, retries: int = 3) -> dspy.LM:
@@ -30,7 +32,7 @@ def _lm(url: str, temperature: float, retries: int = 3) -> dspy.LM:
 
 
 def test_faults_are_retried_survived_and_all_recorded(data_dir, tmp_path):
-    train = {t: load_examples(data_dir, "amazon", t, 8) for t in ("beauty", "game")}
+    train = {t: load_examples(data_dir, "medmcqa", t, 8) for t in ("ob_gyn", "medicine")}
     server_log = tmp_path / "server.jsonl"
     faults = [
         "--error-rate",
@@ -72,7 +74,7 @@ def test_faults_are_retried_survived_and_all_recorded(data_dir, tmp_path):
 
 
 def test_a_dead_server_stops_the_run_with_a_clear_resumable_error(data_dir, tmp_path):
-    train = {"beauty": load_examples(data_dir, "amazon", "beauty", 4)}
+    train = {"ob_gyn": load_examples(data_dir, "medmcqa", "ob_gyn", 4)}
     with mock_server("--error-rate", "1.0", "--latency", "0") as url:
         lm = dspy.LM("openai/mock", api_base=url, api_key="sk-mock", engine="litellm", cache=False, num_retries=0)
         with pytest.raises(TooManyFailures, match=r"4 of 4 task-model calls failed in initial evaluation"):
@@ -86,7 +88,7 @@ def test_after_a_stop_the_run_resumes_and_counts_every_processs_faults(data_dir,
     """A dead server stops the initial grid; resumed against a working (but flaky) server, the failed
     evaluations are asked again, the run completes, and the artifact's ``faults`` counts the faults
     of both sessions -- exactly what faults.jsonl holds."""
-    train = {"beauty": load_examples(data_dir, "amazon", "beauty", 4)}
+    train = {"ob_gyn": load_examples(data_dir, "medmcqa", "ob_gyn", 4)}
     settings = dict(num_iterations=1, num_system_candidates=1, num_user_candidates=1, progress=False)
     with mock_server("--error-rate", "1.0", "--latency", "0") as url, pytest.raises(TooManyFailures):
         MetaSPO(exact_metric, _lm(url, 1.0, 1), _lm(url, 0.0, 1), log_dir=tmp_path / "run", **settings).compile(

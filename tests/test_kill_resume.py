@@ -14,11 +14,10 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from conftest import DATA_DIR
 
 THREADS = 4
 ARGS = [
-    "train", "-c", "review", "--set", "tasks.source=[beauty,game]",
+    "train", "-c", "medical", "--set", "tasks.source=[ob_gyn,medicine]",
     "--task-model", "metaspo-fake/task", "--optimizer-model", "metaspo-fake/opt",
     "--iterations", "2", "--system-candidates", "3", "--user-candidates", "2", "--user-top-k", "2",
     "--train-size", "6", "--test-size", "4", "--threads", str(THREADS), "--quiet",
@@ -32,7 +31,7 @@ def _env(log: Path, gold: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.endswith("_API_KEY")}
     cache = log.parent / f"dspy-cache-{time.monotonic_ns()}"
     env.update({
-        "METASPO_DATA_DIR": str(DATA_DIR), "METASPO_FAKE_LOG": str(log), "METASPO_FAKE_GOLD": str(gold),
+        "METASPO_FAKE_LOG": str(log), "METASPO_FAKE_GOLD": str(gold),
         "DSPY_CACHEDIR": str(cache),
         "METASPO_FAKE_LATENCY": "0.01", "METASPO_FAKE_OPTIMIZER_LATENCY": "0.4",
     })  # fmt: skip
@@ -71,8 +70,8 @@ def _artifact(run_dir: Path) -> dict:
 @pytest.fixture
 def gold(data_dir, tmp_path) -> Path:
     answers = {}
-    for task in ("beauty", "game"):
-        rows = json.loads((data_dir / "amazon" / f"{task}.json").read_text())
+    for task in ("ob_gyn", "medicine"):
+        rows = json.loads((data_dir / "medmcqa" / f"{task}.json").read_text())
         answers.update({r["question"]: str(r["answer"]) for r in rows["train"] + rows["test"]})
     path = tmp_path / "gold.json"
     path.write_text(json.dumps(answers))

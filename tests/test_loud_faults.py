@@ -16,7 +16,7 @@ from pathlib import Path
 
 import dspy
 import pytest
-from conftest import DATA_DIR, mock_server
+from conftest import mock_server
 
 from metaspo_dspy.adapters import with_system_prompt
 from metaspo_dspy.evaluation import EvalJob, GridEvaluator
@@ -301,7 +301,7 @@ CLI_CASES = {
 
 
 @pytest.mark.parametrize("case", sorted(CLI_CASES))
-def test_train_against_the_mock_server(data_dir, tmp_path, case):
+def test_train_against_the_mock_server(tmp_path, case):
     """Exit 0 means the search really ran; a grid of empty or truncated answers, or an optimizer
     that fails every proposal, is exit 1 with one "stopped:" line. The key, sent as a Bearer token
     and echoed back in every error body by the server, is in no file of the run and not in the
@@ -316,9 +316,9 @@ def test_train_against_the_mock_server(data_dir, tmp_path, case):
             else stack.enter_context(mock_server("--latency", "0", *optimizer_flags))
         )
         env = {k: v for k, v in os.environ.items() if not k.endswith("_API_KEY")}
-        env.update(METASPO_DATA_DIR=str(DATA_DIR), DSPY_CACHEDIR=str(tmp_path / "cache"), MY_KEY=KEY)
+        env.update(DSPY_CACHEDIR=str(tmp_path / "cache"), MY_KEY=KEY)
         args = [
-            "train", "-c", "review", "--set", "tasks.source=[beauty]",
+            "train", "-c", "medical", "--set", "tasks.source=[ob_gyn]",
             f"task_lm.api_base={task_url}", f"optimizer_lm.api_base={opt_url}", "task_lm.api_key_env=MY_KEY",
             "optimizer_lm.api_key_env=MY_KEY", "task_lm.num_retries=1", "optimizer_lm.num_retries=1",
             "--task-model", "openai/mock", "--optimizer-model", "openai/mock", "--iterations", "1",

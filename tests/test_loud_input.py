@@ -18,7 +18,6 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from conftest import DATA_DIR
 
 from metaspo_dspy.config import load_config
 
@@ -89,14 +88,14 @@ def _files(root: Path) -> dict[str, Path]:
     write("data/amazon/game.json", json.dumps({"train": [{"question": "q", "answer": [5]}], "test": []}))
     write("data/amazon/baby.json", json.dumps({"train": [good, {"question": "q", "answer": None}], "test": []}))
     models = ["task_lm.model=metaspo-fake/t", "optimizer_lm.model=metaspo-fake/o", "data.train_size=4"]
-    config = load_config("base", "review", overrides=[*models, "data.test_size=2"])
+    config = load_config("base", "medical", overrides=[*models, "data.test_size=2"])
     write("newer/config.json", json.dumps(config.to_dict()))
     write("newer/run.json", json.dumps({"format": "metaspo-dspy/run-dir/v2", "settings": {}}))
     return files
 
 
 def _train(*args: str) -> list[str]:
-    return ["train", "-c", "review", *FAKE, *TINY, *args]
+    return ["train", "-c", "medical", *FAKE, *TINY, *args]
 
 
 DATA = ["--data-dir", "{data}"]
@@ -150,7 +149,6 @@ CASES: dict[str, tuple[list[str], str | None, int, str, bool]] = {
 def _env(root: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.endswith("_API_KEY")}
     env.update(
-        METASPO_DATA_DIR=str(DATA_DIR),
         DSPY_CACHEDIR=str(root / "cache"),
         METASPO_TEST_SECRET_TOKEN=SECRET,
         TMPDIR=str(root / "tmp"),
@@ -176,8 +174,6 @@ def run_cli(args: list[str], cwd: Path, env: dict[str, str], inject: str | None 
 @pytest.fixture(scope="module")
 def table(tmp_path_factory):
     """Runs every case once (three at a time); name -> (result, case folder, run dir, files)."""
-    if not (DATA_DIR / "amazon" / "beauty.json").exists():
-        pytest.skip(f"shared data not found at {DATA_DIR}")
     root = tmp_path_factory.mktemp("loud")
     files = _files(root)
     env = _env(root)
@@ -256,7 +252,7 @@ def test_ctrl_c_before_run_json_says_how_to_start_again_and_that_works(table):
     assert again.returncode == 0, again.stderr
 
 
-def test_verbose_logs_go_to_stderr_and_stdout_is_exactly_the_prompt(data_dir, tmp_path):
+def test_verbose_logs_go_to_stderr_and_stdout_is_exactly_the_prompt(tmp_path):
     run_dir = tmp_path / "run"
     result = run_cli([*_train("--test-size", "2"), "--log-dir", str(run_dir), "--quiet", "--verbose"], tmp_path,
                      _env(tmp_path))  # fmt: skip
@@ -298,10 +294,10 @@ def test_wrong_shape_entries_of_a_real_run_are_asked_again_on_resume(data_dir, e
 
     from metaspo_dspy import MetaSPO
 
-    train = {t: load_examples(data_dir, "amazon", t, 6) for t in ("beauty", "game")}
+    train = {t: load_examples(data_dir, "medmcqa", t, 6) for t in ("ob_gyn", "medicine")}
     gold = {e.question: e.answer for exs in train.values() for e in exs}
     small = dict(num_iterations=1, num_system_candidates=2, num_user_candidates=1, user_top_k=1, progress=False)
-    sig = dspy.Signature("question -> answer", "Predict the customer's rating from 1 to 5.")
+    sig = dspy.Signature("question -> answer", "Choose the best answer.")
     engine, task_lm, opt_lm = engine_factory("first", gold=gold)
     run_dir = tmp_path / "run"
     first = MetaSPO(exact_metric, opt_lm, task_lm, log_dir=run_dir, **small).compile(dspy.Predict(sig), trainsets=train)

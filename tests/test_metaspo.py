@@ -9,7 +9,9 @@ from conftest import exact_metric, load_examples
 from metaspo_dspy import ConfigError, MetaSPO
 from metaspo_dspy.testing.fake_lm import unit
 
-SIG = dspy.Signature("question -> answer", "Predict the customer's rating from 1 to 5.")
+SIG = dspy.Signature(
+    "question -> answer", "Given the following question and candidate answers, choose the best answer."
+)
 
 
 def _compile(train, task_lm, opt_lm, program=None, **kwargs):
@@ -18,15 +20,15 @@ def _compile(train, task_lm, opt_lm, program=None, **kwargs):
     return tp.compile(program or dspy.Predict(SIG), trainsets=train)
 
 
-def _small(data_dir, n=12, tasks=("beauty", "game")):
-    train = {t: load_examples(data_dir, "amazon", t, n) for t in tasks}
+def _small(data_dir, n=12, tasks=("ob_gyn", "medicine")):
+    train = {t: load_examples(data_dir, "medmcqa", t, n) for t in tasks}
     return train, {e.question: e.answer for t in tasks for e in train[t]}
 
 
-def test_request_counts_per_phase_equal_the_reference(amazon, engine_factory):
+def test_request_counts_per_phase_equal_the_reference(medical, engine_factory):
     """4 tasks x 50 with the defaults: 200 initial; per iteration 600 + 5,400 task and 24 + 18 optimizer
     requests, counted where they reach the provider."""
-    train, gold = amazon
+    train, gold = medical
     engine, task_lm, opt_lm = engine_factory("counts", gold=gold)
     at_phase_end = []
 
@@ -82,10 +84,14 @@ def test_seeded_run_decisions_beams_and_parents(data_dir, engine_factory):
 
     decisions = [d["accepted"] for d in first["outer_decisions"]]
     assert decisions == _replay_decisions(first)
-    # Pinned for this seed and fake model (a regression guard on the whole loop): in iteration 2 a
-    # candidate is accepted, a worse one rejected, then a better one accepted over the new incumbent.
-    assert decisions == [False, False, False, False, True, False, True, False]
-    assert first["optimized_system_prompt"] == first["outer_decisions"][6]["system_prompt"]
+    # Pinned for this seed, fake model and data (a regression guard on the whole loop): in iteration 1
+    # the third candidate is accepted and the fourth is compared against it (rejected); in iteration 2
+    # the inner loop's new user prompts raise the incumbent's meta-score and every candidate is rejected.
+    assert decisions == [False, False, True, False, False, False, False, False]
+    assert first["outer_decisions"][3]["incumbent_meta_score"] == first["outer_decisions"][2]["meta_score"]
+    inner_2 = next(s["meta_score"] for s in first["steps"] if s["phase"] == "inner" and s["iteration"] == 1)
+    assert first["outer_decisions"][4]["incumbent_meta_score"] == inner_2 > first["outer_decisions"][2]["meta_score"]
+    assert first["optimized_system_prompt"] == first["outer_decisions"][2]["system_prompt"]
 
     nodes = {n["id"]: n for n in first["nodes"]}
     previous = None
@@ -165,7 +171,7 @@ def test_ties_keep_the_incumbent(data_dir, engine_factory):
 
 
 def test_outer_loop_variant_counts(data_dir, engine_factory):
-    train, gold = _small(data_dir, n=10, tasks=("beauty", "game", "baby"))
+    train, gold = _small(data_dir, n=10, tasks=("ob_gyn", "medicine", "pharmacology"))
     engine, task_lm, opt_lm = engine_factory("outer", gold=gold)
     artifact = _compile(
         train, task_lm, opt_lm, method="outer_loop", num_iterations=2, num_system_candidates=3
@@ -192,13 +198,17 @@ def test_metaspo_ape_variant(data_dir, engine_factory):
 class Pipeline(dspy.Module):
     def __init__(self):
         super().__init__()
-        self.summarize = dspy.Predict(dspy.Signature("question -> summary", "Summarize the review."))
-        self.rate = dspy.Predict(dspy.Signature("question, summary -> answer", "Rate the review 1-5."))
-        self.rate.demos = [dspy.Example(question="Broke on day one.", summary="Broken.", answer="1")]
+        self.summarize = dspy.Predict(dspy.Signature("question -> summary", "Summarize the question."))
+        self.choose = dspy.Predict(
+            dspy.Signature("question, summary -> answer", "Answer with the letter of the best option.")
+        )
+        self.choose.demos = [
+            dspy.Example(question="Which is a bone?\nOptions:\n(A) liver\n(B) femur", summary="Bones.", answer="B")
+        ]
 
     def forward(self, question):
         summary = self.summarize(question=question).summary
-        return self.rate(question=question, summary=summary)
+        return self.choose(question=question, summary=summary)
 
 
 def test_multi_predictor_program_with_demos(data_dir, engine_factory):
@@ -210,21 +220,21 @@ def test_multi_predictor_program_with_demos(data_dir, engine_factory):
         train, task_lm, opt_lm, program=program, num_iterations=2, num_system_candidates=2, num_user_candidates=3
     )
     assert program.dump_state() == before, "the caller's program is never modified"
-    assert program.rate.signature.instructions == "Rate the review 1-5."
+    assert program.choose.signature.instructions == "Answer with the letter of the best option."
     artifact = best.detailed_results
     user = [p for p in artifact["proposals"] if p["kind"] == "user"]
     # Round robin over predictors: candidate k of iteration i edits predictor (i * 3 + k) % 2.
     for p in user:
-        assert p["predictor"] == ["summarize", "rate"][(p["iteration"] * 3 + p["candidate"]) % 2]
+        assert p["predictor"] == ["summarize", "choose"][(p["iteration"] * 3 + p["candidate"]) % 2]
         for shown in p["shown"]:
-            header = "[[ ## summary ## ]]" if p["predictor"] == "rate" else "[[ ## question ## ]]"
+            header = "[[ ## summary ## ]]" if p["predictor"] == "choose" else "[[ ## question ## ]]"
             assert header in shown["user_message"]
     for task, prog in best.tasks.items():
-        assert prog.rate.demos == program.rate.demos
+        assert prog.choose.demos == program.choose.demos
         node = next(n for n in artifact["nodes"] if n["id"] == artifact["tasks"][task]["best_node"])
         assert prog.summarize.signature.instructions == node["user_prompt"]["summarize"]
-        assert prog.rate.signature.instructions == node["user_prompt"]["rate"]
-    # Demos reach the LM: the rate predictor's requests carry the demo as a user/assistant pair.
+        assert prog.choose.signature.instructions == node["user_prompt"]["choose"]
+    # Demos reach the LM: the choose predictor's requests carry the demo as a user/assistant pair.
     rate_requests = [r for r in engine.requests if r.kind == "task" and "summary" in r.inputs]
     assert rate_requests and all(len(r.messages) == 4 for r in rate_requests)
 
@@ -271,7 +281,7 @@ def test_malformed_and_empty_proposals_are_discarded_and_recorded(data_dir, engi
 
 def test_failed_task_calls_count_as_wrong_and_never_crash(data_dir, engine_factory):
     train, gold = _small(data_dir, n=10)
-    broken = {e.question for e in train["beauty"][:3]}
+    broken = {e.question for e in train["ob_gyn"][:3]}
 
     def override(request):
         return "garbage" if request.kind == "task" and request.inputs.get("question") in broken else None
@@ -280,14 +290,14 @@ def test_failed_task_calls_count_as_wrong_and_never_crash(data_dir, engine_facto
     artifact = _compile(
         train, task_lm, opt_lm, num_iterations=1, num_system_candidates=1, num_user_candidates=1
     ).detailed_results
-    initial = next(n for n in artifact["nodes"] if n["task"] == "beauty" and n["origin"] == "initial")
+    initial = next(n for n in artifact["nodes"] if n["task"] == "ob_gyn" and n["origin"] == "initial")
     assert initial["train_score"] <= 7 / 10
     assert initial["failures"] == {"train": 3}
     assert initial["errors"] and initial["errors"][0].startswith("AdapterParseError")
     # Chat failed, then the JSON fallback failed too: two requests per broken example.
     broken_requests = [r for r in engine.requests if r.kind == "task" and r.inputs.get("question") in broken]
     assert {r.format for r in broken_requests} == {"chat", "json"}
-    shown = [w for p in artifact["proposals"] if p["task"] == "beauty" for w in p["shown"]]
+    shown = [w for p in artifact["proposals"] if p["task"] == "ob_gyn" for w in p["shown"]]
     failed = [w for w in shown if w["prediction"].startswith("(failed: AdapterParseError")]
     assert all(w["response"] == "garbage" for w in failed)
 

@@ -7,6 +7,7 @@ from typing import Literal
 
 import dspy
 import pytest
+from conftest import REFERENCE_SAMPLE
 
 from metaspo_dspy import MetaSPOProgram, SystemPrompt, WithSystemPrompt
 from metaspo_dspy.program import PROGRAM_FORMAT
@@ -104,10 +105,10 @@ def test_system_prompt_load_formats(tmp_path, content, expected):
     assert SystemPrompt.load(path).text == expected
 
 
-def test_system_prompt_load_from_saved_program_and_reference_file(tmp_path, data_dir):
+def test_system_prompt_load_from_saved_program_and_reference_file(tmp_path):
     _program().save(tmp_path / "p.json")
     assert SystemPrompt.load(tmp_path / "p.json") == SystemPrompt("Be careful.", "user")
-    reference = SystemPrompt.load(data_dir / "reference" / "bilevel_nodes_sample.json")
+    reference = SystemPrompt.load(REFERENCE_SAMPLE)
     assert reference.text == "Variant 480999: read carefully and answer precisely."
     SystemPrompt("Round trip", "system").save(tmp_path / "sp.json")
     assert SystemPrompt.load(tmp_path / "sp.json") == SystemPrompt("Round trip", "system")

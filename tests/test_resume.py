@@ -11,7 +11,9 @@ from conftest import exact_metric, load_examples
 from metaspo_dspy import MetaSPO, MetaSPOProgram
 from metaspo_dspy.runs import RunDirError
 
-SIG = dspy.Signature("question -> answer", "Predict the customer's rating from 1 to 5.")
+SIG = dspy.Signature(
+    "question -> answer", "Given the following question and candidate answers, choose the best answer."
+)
 SMALL = dict(num_iterations=2, num_system_candidates=3, num_user_candidates=2, user_top_k=2, progress=False)
 
 
@@ -20,8 +22,8 @@ class Crash(RuntimeError):
 
 
 def _setup(data_dir):
-    train = {t: load_examples(data_dir, "amazon", t, 10) for t in ("beauty", "game")}
-    test = {t: load_examples(data_dir, "amazon", t, 6, split="test") for t in ("beauty", "game")}
+    train = {t: load_examples(data_dir, "medmcqa", t, 10) for t in ("ob_gyn", "medicine")}
+    test = {t: load_examples(data_dir, "medmcqa", t, 6, split="test") for t in ("ob_gyn", "medicine")}
     gold = {e.question: e.answer for sets in (train, test) for exs in sets.values() for e in exs}
     return train, test, gold
 

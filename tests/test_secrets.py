@@ -8,22 +8,20 @@ import os
 import subprocess
 import sys
 
-from conftest import DATA_DIR
-
 KEY = "sk-test-Zq81-NEVER-WRITE-THIS-9f3c"
 
 
-def test_api_key_appears_in_no_file_log_or_cache(tmp_path, data_dir):
+def test_api_key_appears_in_no_file_log_or_cache(tmp_path, fetched_cache):
     cache = tmp_path / "dspy-cache"
     env = {k: v for k, v in os.environ.items() if not k.endswith("_API_KEY")}
     env.update(
-        METASPO_DATA_DIR=str(DATA_DIR),
+        METASPO_CACHE_DIR=str(fetched_cache),
         DSPY_CACHEDIR=str(cache),
         METASPO_TEST_KEY=KEY,
         METASPO_FAKE_LOG=str(tmp_path / "fake.jsonl"),
     )
     args = [
-        "train", "-c", "review", "--set", "tasks.source=[beauty,game]", "task_lm.api_key_env=METASPO_TEST_KEY",
+        "train", "-c", "medical", "--set", "tasks.source=[ob_gyn,medicine]", "task_lm.api_key_env=METASPO_TEST_KEY",
         "optimizer_lm.api_key_env=METASPO_TEST_KEY", "--task-model", "metaspo-fake/task",
         "--optimizer-model", "metaspo-fake/opt", "--iterations", "1", "--system-candidates", "2",
         "--user-candidates", "1", "--train-size", "5", "--test-size", "3", "--log-dir", str(tmp_path / "run"),
@@ -39,9 +37,9 @@ def test_api_key_appears_in_no_file_log_or_cache(tmp_path, data_dir):
     )
     assert result.returncode == 0, result.stderr
     test = subprocess.run(
-        [sys.executable, "-m", "metaspo_dspy.cli", "test", "-c", "review", "--set",
+        [sys.executable, "-m", "metaspo_dspy.cli", "test", "-c", "medical", "--set",
          "task_lm.api_key_env=METASPO_TEST_KEY", "--task-model", "metaspo-fake/task", "--system-prompt",
-         str(tmp_path / "run"), "--tasks", "pet", "--num-user-prompts", "2", "--test-size", "3",
+         str(tmp_path / "run"), "--tasks", "dental", "--num-user-prompts", "2", "--test-size", "3",
          "--user-prompts", "authors", "--log-dir", str(tmp_path / "test")],
         env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300,
     )  # fmt: skip

@@ -1,5 +1,8 @@
-"""Acceptance tests of the 35 benchmark tasks on the shared data: loading, oracle and constant
-answers in both prompt formats, the reference's sampling, unseen prompts, and DSPy end to end."""
+"""Acceptance tests of the 35 benchmark tasks as a user gets them: the 25 bundled ones from the package,
+the 10 others (and the unseen tasks' user prompts) from a cache written by the real ``metaspo data
+fetch`` code from test-made originals (conftest.fetched_cache). Loading through the default places,
+oracle and constant answers in both prompt formats, the reference's sampling, unseen prompts, and
+DSPy end to end."""
 
 from __future__ import annotations
 
@@ -27,9 +30,10 @@ from metaspo_dspy.tasks import (
     load_task,
     load_unseen_user_prompts,
 )
+from metaspo_dspy.tasks.catalog import DATA_INFO, caveats
+from metaspo_dspy.tasks.local import BUNDLED_DIR
 from metaspo_dspy.testing import FakeEngine, fake_lm
 
-DATA = Path(os.environ.get("METASPO_DATA_DIR", Path(__file__).resolve().parents[1].parent / "shared" / "data"))
 FOLDERS = {
     "medical": "medmcqa",
     "review": "amazon",
@@ -39,19 +43,29 @@ FOLDERS = {
 }
 OPTION_TASKS = {"logical_deduction", "temporal_sequences", "tracking_shuffled_objects", *DOMAIN_TASKS["medical"]}
 
-pytestmark = [
-    pytest.mark.skipif(not (DATA / "amazon" / "beauty.json").exists(), reason=f"shared data not found at {DATA}"),
-    pytest.mark.filterwarnings("ignore::metaspo_dspy.tasks.SampleSizeWarning"),
-]
+pytestmark = pytest.mark.filterwarnings("ignore::metaspo_dspy.tasks.SampleSizeWarning")
+
+
+@pytest.fixture(autouse=True)
+def fetched(fetched_cache, monkeypatch) -> Path:
+    """The default places (user cache, then bundled data), the cache holding what was fetched."""
+    monkeypatch.setenv("METASPO_CACHE_DIR", str(fetched_cache))
+    return fetched_cache
+
+
+def path_of(task: str) -> Path:
+    """Where the task's file must be: the package for a bundled task, else the user cache."""
+    spec = get_spec(task)
+    root = BUNDLED_DIR if DATA_INFO[task].delivery == "bundled" else Path(os.environ["METASPO_CACHE_DIR"])
+    return root / FOLDERS[spec.domain] / f"{task}.json"
 
 
 def raw(task: str) -> dict:
-    spec = get_spec(task)
-    return json.loads((DATA / FOLDERS[spec.domain] / f"{task}.json").read_text(encoding="utf-8"))
+    return json.loads(path_of(task).read_text(encoding="utf-8"))
 
 
 def full(task: str, prompt_format: str = "dspy") -> Task:
-    return load_task(task, DATA, prompt_format=prompt_format, train_size=None, test_size=None)
+    return load_task(task, prompt_format=prompt_format, train_size=None, test_size=None)
 
 
 def score(task: Task, predictions: list) -> float:
@@ -95,12 +109,14 @@ def test_registry_has_the_35_tasks_with_paper_splits():
 @pytest.mark.parametrize("prompt_format", ["dspy", "reference"])
 def test_every_task_loads_with_the_reference_sizes(prompt_format):
     for name in BENCHMARK_TASKS:
-        task = load_task(name, DATA, prompt_format=prompt_format)
+        task = load_task(name, prompt_format=prompt_format)
         data = raw(name)
         assert task.name == name and task.domain == get_spec(name).domain
         assert len(task.train) == min(50, len(data["train"])) and len(task.test) == min(500, len(data["test"]))
         assert all(set(e.inputs().keys()) == {"question"} for e in task.train + task.test)
-        assert task.metadata["source"] == "local"
+        assert task.metadata["source"] == "local" and task.metadata["path"] == str(path_of(name))
+        assert task.metadata["origin"] == {"bundled": "bundled", "fetch": "fetched"}[DATA_INFO[name].delivery]
+        assert task.metadata["caveats"] == [str(c) for c in caveats(name)]
         spec = get_spec(name)
         if prompt_format == "dspy":
             assert task.initial_prompt == spec.base_prompt and task.prompt_suffix == ""
@@ -113,25 +129,25 @@ def test_every_task_loads_with_the_reference_sizes(prompt_format):
 
 
 def test_initial_prompts_are_the_references():
-    assert load_task("beauty", DATA).initial_prompt == "Predict the customer's rating from 1 to 5."
-    ref = load_task("dental", DATA, prompt_format="reference")
+    assert load_task("beauty").initial_prompt == "Predict the customer's rating from 1 to 5."
+    ref = load_task("dental", prompt_format="reference")
     assert ref.initial_prompt == (
         "Given the following question and candidate answers, choose the best answer."
         "<Question>{question}</Question>\nAt the end present your answer in <answer> and </answer>."
     )
-    assert load_task("ethos", DATA, prompt_format="reference").prompt_suffix.endswith(
+    assert load_task("ethos", prompt_format="reference").prompt_suffix.endswith(
         "<answer>yes</answer> or <answer>no</answer>."
     )
-    assert load_task("web_qa", DATA, prompt_format="reference").prompt_suffix.endswith("Respond with the answer only")
+    assert load_task("web_qa", prompt_format="reference").prompt_suffix.endswith("Respond with the answer only")
 
 
 def test_anthropic_alias_loads_antropic_harmless():
-    task = load_task("anthropic_harmless", DATA)
+    task = load_task("anthropic_harmless")
     assert task.name == "antropic_harmless" and task.metadata["role"] == "unseen"
 
 
 def test_compile_kwargs_accepts_loaded_tasks():
-    tasks = [load_task(n, DATA, prompt_format="reference") for n in ("beauty", "liar")]
+    tasks = [load_task(n, prompt_format="reference") for n in ("beauty", "liar")]
     kwargs = compile_kwargs(tasks)
     assert set(kwargs["program"]) == {"beauty", "liar"}
     assert isinstance(kwargs["metrics"]["liar"], TaskMetric)
@@ -207,7 +223,7 @@ def test_grounding_constant_and_whole_response(name):
 
 
 def test_failed_predictions_are_wrong_and_an_unparsable_class():
-    task = load_task("hatecheck", DATA, train_size=4, test_size=4)
+    task = load_task("hatecheck", train_size=4, test_size=4)
     preds = [None] * 4
     golds = [e.answer for e in task.test]
     assert task.metric.aggregate(task.test, preds) == pytest.approx(f1_constant(golds, "<unparsable>"))
@@ -228,32 +244,32 @@ def test_sampling_matches_the_references_global_shuffle(name, seed, train_size):
         random.shuffle(train)
     finally:
         random.setstate(state)
-    task = load_task(name, DATA, seed=seed, train_size=train_size, test_size=100)
+    task = load_task(name, seed=seed, train_size=train_size, test_size=100)
     assert [e.question for e in task.train] == [r["question"] for r in train[:train_size]]
     assert [e.question for e in task.test] == [r["question"] for r in test[:100]]
 
 
 def test_sampling_is_deterministic_and_seed_none_keeps_file_order():
-    first = load_task("game", DATA, seed=3)
-    assert [e.question for e in first.train] == [e.question for e in load_task("game", DATA, seed=3).train]
-    assert [e.question for e in load_task("game", DATA, seed=4).train] != [e.question for e in first.train]
-    unshuffled = load_task("game", DATA, seed=None, train_size=5)
+    first = load_task("game", seed=3)
+    assert [e.question for e in first.train] == [e.question for e in load_task("game", seed=3).train]
+    assert [e.question for e in load_task("game", seed=4).train] != [e.question for e in first.train]
+    unshuffled = load_task("game", seed=None, train_size=5)
     assert [e.question for e in unshuffled.train] == [r["question"] for r in raw("game")["train"][:5]]
 
 
 def test_train_size_above_the_file_is_capped_with_a_warning():
     with pytest.warns(SampleSizeWarning, match="ob_gyn"):
-        task = load_task("ob_gyn", DATA, train_size=1000)
+        task = load_task("ob_gyn", train_size=1000)
     assert len(task.train) == len(raw("ob_gyn")["train"])
 
 
 # ---- unseen user prompts -------------------------------------------------------------------
 @pytest.mark.parametrize("name", [t for d in FOLDERS for t in UNSEEN_TASKS[d]])
-def test_unseen_user_prompts_both_formats(name):
+def test_unseen_user_prompts_both_formats(name, fetched):
     spec = get_spec(name)
-    stored = json.loads((DATA / "unseen_user_prompts" / f"{spec.unseen_file}.json").read_text(encoding="utf-8"))
-    assert load_unseen_user_prompts(name, DATA, "reference") == stored[:10]
-    prompts = load_unseen_user_prompts(name, DATA, num=3)
+    stored = json.loads((fetched / "unseen_user_prompts" / f"{spec.unseen_file}.json").read_text(encoding="utf-8"))
+    assert load_unseen_user_prompts(name, prompt_format="reference") == stored[:10]
+    prompts = load_unseen_user_prompts(name, num=3)
     assert len(prompts) == 3
     for original, prompt in zip(stored, prompts, strict=False):
         assert "{question}" not in prompt and "<Question>" not in prompt
@@ -262,14 +278,14 @@ def test_unseen_user_prompts_both_formats(name):
 
 
 def test_unseen_prompts_alias_and_cap():
-    assert load_unseen_user_prompts("anthropic_harmless", DATA) == load_unseen_user_prompts("harmless", DATA)
+    assert load_unseen_user_prompts("anthropic_harmless") == load_unseen_user_prompts("harmless")
     with pytest.warns(SampleSizeWarning):
-        assert len(load_unseen_user_prompts("pet", DATA, num=50)) == 30
+        assert len(load_unseen_user_prompts("pet", num=50)) == 30
 
 
 # ---- end to end through dspy.Predict and the fake LM ---------------------------------------
 def test_dspy_format_task_runs_end_to_end():
-    task = load_task("pet", DATA, train_size=8, test_size=8)
+    task = load_task("pet", train_size=8, test_size=8)
     engine = FakeEngine(gold={e.question: e.answer for e in task.test}, skill=lambda s, u: 1.0)
     with dspy.context(lm=fake_lm("tasks-e2e-dspy", engine)):
         predictions = [task.program()(**e.inputs()) for e in task.test]
@@ -278,7 +294,7 @@ def test_dspy_format_task_runs_end_to_end():
 
 
 def test_reference_format_task_runs_end_to_end():
-    task = load_task("dental", DATA, prompt_format="reference", train_size=8, test_size=8)
+    task = load_task("dental", prompt_format="reference", train_size=8, test_size=8)
     golds = {e.question: e.answer for e in task.test}
     right, wrong = FakeEngine(gold=golds, skill=lambda s, u: 1.0), FakeEngine(gold=golds, skill=lambda s, u: 0.0)
     for engine, expected in ((right, 1.0), (wrong, 0.0)):

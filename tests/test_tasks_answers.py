@@ -76,12 +76,13 @@ def test_generated_tasks_and_user_tasks_stay_valid():
     assert len(own.train) == 2
 
 
-def test_the_shared_data_fits_every_declared_type(data_dir):
+def test_the_bundled_and_fetched_data_fits_every_declared_type(fetched_cache, monkeypatch):
     from metaspo_dspy.tasks import DOMAIN_TASKS
 
+    monkeypatch.setenv("METASPO_CACHE_DIR", str(fetched_cache))
     for names in DOMAIN_TASKS.values():
         for name in names:
-            assert load_task(name, data_dir=data_dir, source="local", train_size=None, test_size=None).train
+            assert load_task(name, source="local", train_size=None, test_size=None).train
 
 
 def test_data_files_must_be_utf8_a_bom_is_accepted(tmp_path):

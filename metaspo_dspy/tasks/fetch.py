@@ -112,7 +112,12 @@ def _write(item: RemoteItem, converted, root: Path, origin: str) -> str:
     if item.kind == "prompts":
         atomic_write_json(path, converted)
         return f"{len(converted)} user prompts"
-    check_rows(get_spec(item.task), converted, origin)
+    try:
+        check_rows(get_spec(item.task), converted, origin)
+    except DataFetchError:
+        raise
+    except TaskLoadError as exc:
+        raise DataFetchError(f"{exc}; nothing was written") from None
     if not converted["train"] and not converted["test"]:
         raise DataFetchError(f"task {item.task!r}: {origin} holds no examples")
     atomic_write_text(path, dump_splits(converted))
