@@ -2,17 +2,17 @@
 
 Paper: Zhang, Ergen, Logeswaran, Lee, Jurgens, "SPRIG: Improving Large Language Model Performance
 by System Prompt Optimization", arXiv 2410.14826. We follow the edit-based genetic algorithm with
-upper-confidence-bound pre-selection of its first version (v1, October 2024; the search is the
-same in v2); the learned reward model that a later version (v3, 2026) puts in front of the
-evaluations is out of scope. Written from the paper's description; SPRIG's published code was read
-to understand it, not copied, and the component library is our own
+upper-confidence-bound pre-selection of its first version (v1, October 2024); the learned reward
+model that its latest version (v3, 2026) puts in front of the evaluations is out of scope. Written
+from the paper's description; SPRIG's published code (github.com/orange0629/prompting) was read to
+understand it, not copied, and the component library is our own
 (:mod:`~metaspo_dspy.optimize.sprig_library`).
 
 The search (:class:`~metaspo_dspy.optimize.sprig_search.SprigRun`):
 
 1. A system prompt is an ordered list of components from a library, joined by single spaces. The
    population starts from the initial system prompt as one component (default "You are a helpful
-   assistant.", MetaSPO's start; ``initial_system_prompt=""`` starts blank, as the paper does).
+   assistant.", MetaSPO's start; ``initial_system_prompt=""`` starts blank, as SPRIG does).
 2. Every prompt is scored on the source tasks' train sets, each task with its own initial user
    prompt (never optimized): the score is the mean of the task scores, like MetaSPO's meta-score.
 3. Each iteration makes up to ``num_candidates`` candidates from the beam (the best ``beam_size``
@@ -26,35 +26,47 @@ The search (:class:`~metaspo_dspy.optimize.sprig_search.SprigRun`):
    of old and new prompts (ties keep the older). The result is the best prompt of the final beam.
 5. The search stops when the next candidate no longer fits the budget of task-model calls
    (default: the train-phase task calls of a MetaSPO run with the same settings on the same tasks,
-   18,200 for 4 tasks x 50 and the paper's defaults), after ``max_iterations``, or when an
-   iteration can make no new candidate. Optimizer calls (one per rephrase) are counted apart.
-   The final beam is then scored on the test sets.
+   18,200 for 4 tasks x 50 and the paper's defaults; the last iteration may be partial), after
+   ``max_iterations``, or when an iteration can make no new candidate. Optimizer calls (one per
+   rephrase) are counted apart. The final beam is then scored on the test sets.
 
 Where the paper is silent, or its published code differs from what fits here, we chose:
 
-* **Budget.** The paper runs for a wall-clock time on 47 tasks; we stop at a budget of task-model
-  calls counted as example evaluations (one call each for a one-call program), so a resumed run
-  decides exactly as the original did. Test-set scoring is outside the budget, as in MetaSPO's.
-* **Beam and candidates.** The paper's beam holds 10 prompts and each iteration scores every
-  candidate the pre-selection keeps (thousands); with MetaSPO's budget that would be one
-  iteration, so the beam holds ``beam_size=3`` prompts (MetaSPO's ``user_top_k``) and an
-  iteration scores ``num_candidates=9`` (MetaSPO's ``num_system_candidates``), about 10
-  iterations with the default budget.
+* **Budget.** SPRIG's code iterates until it is stopped; we stop at a budget of task-model calls,
+  counted as example evaluations (one call each for a one-call program, the unit of MetaSPO's
+  estimate), so a resumed run decides exactly as the original did. Test-set scoring is outside the
+  budget, as in MetaSPO's estimate; ``max_lm_calls``/``max_cost`` still apply on top.
+* **Beam and candidates.** SPRIG's code keeps a beam of 10 and scores every candidate its
+  pre-selection keeps (hundreds per iteration); on MetaSPO's budget that would be one iteration,
+  so the beam holds ``beam_size=3`` prompts (MetaSPO's ``user_top_k``) and an iteration scores
+  ``num_candidates=9`` (MetaSPO's ``num_system_candidates``): 10 iterations with the default budget.
 * **Elitism.** SPRIG's code keeps the best new candidates only; we let the beam's prompts compete
   with their children, so the best prompt found is never lost on a small budget.
+* **What the UCB ranks.** SPRIG's code applies UCB to components (which one to add, rewarded by
+  the score change); the issue asks for UCB on edit types. We do both: edit types for the slots,
+  components for *add*.
 * **UCB on edit types.** Rewards are successes (0/1); UCB1 with exploration constant
   ``exploration=2`` (``mean + sqrt(2 ln N / n)``); an untried type comes first; slots already given
   out in the iteration count as pulls at the type's mean, so the slots spread; ties go in the order
   add, rephrase, swap, delete. A rephrase the optimizer could not make (unusable or a duplicate
   answer) counts as a failure. An edit type that has nothing to offer a parent (no component
-  left to add, fewer than two components to swap or delete) is skipped for that slot.
-* **Rephrasing.** The paper used a paraphrase model; we ask the optimizer LM (the proposer's
-  paraphrase call: same meaning, different words), one call per rephrase candidate.
+  left to add, fewer than two components to swap or delete) is skipped for that slot, so a beam of
+  one-component prompts gets mostly *add* and *rephrase* whatever the bounds say.
+* **Components' UCB.** Rewards are score changes in [-1, 1] (``child - parent`` for *add*,
+  ``parent - child`` for *delete*; a rephrased component keeps its original's library index);
+  untried components come first, ties in a seeded random order.
+* **Rephrasing.** SPRIG used a paraphrase model (10 paraphrases per component); we ask the
+  optimizer LM once per rephrase candidate (the proposer's paraphrase call, our own wording: same
+  meaning, different words), at a random position of the parent.
 * **No empty prompt.** *delete* needs two components, so an edit never empties the prompt.
 * **Fixed train sets.** SPRIG's code draws a few questions per task in each iteration; we score
   every prompt on the whole train sets (MetaSPO's protocol), so scores are comparable.
 * **No duplicates.** An edit that would give a prompt already made in the run is replaced by the
   next one of its type; an iteration that can make no new candidate ends the search.
+* **Artifact.** MetaSPO's shape (``steps`` with phases ``initial`` and ``search``,
+  ``outer_decisions`` with one record per candidate, ``accepted`` meaning it entered the beam) plus
+  ``candidates`` (every prompt's component list and edit), ``edit_stats``, ``component_stats``,
+  ``library`` and ``search_budget``; no ``bilevel_nodes.json`` (that format is MetaSPO's).
 """
 
 from __future__ import annotations
