@@ -14,7 +14,7 @@ import os
 from dataclasses import dataclass
 
 from metaspo_dspy.tasks.local import data_roots, local_path
-from metaspo_dspy.tasks.specs import DOMAIN_TASKS, SPECS
+from metaspo_dspy.tasks.specs import DOMAIN_TASKS, SPECS, canonical_name
 
 #: test examples the paper samples per task (``test_size`` 500)
 PAPER_TEST_SIZE = 500
@@ -185,8 +185,6 @@ DATA_INFO: dict[str, DataInfo] = _build()
 
 def data_info(task: str) -> DataInfo:
     """The provenance of a benchmark task (aliases accepted); ``KeyError`` for any other name."""
-    from metaspo_dspy.tasks.specs import canonical_name
-
     return DATA_INFO[canonical_name(task) or task]
 
 

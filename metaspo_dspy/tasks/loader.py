@@ -96,7 +96,7 @@ def to_example(row: dict[str, Any]) -> dspy.Example:
     return dspy.Example(question=row["question"], answer=str(row["answer"])).with_inputs("question")
 
 
-def missing_task_error(spec: TaskSpec, data_dir: str | os.PathLike | None = None) -> TaskLoadError:
+def missing_task_error(spec: TaskSpec) -> TaskLoadError:
     """The one-line error for a task found in none of the default places (cache, bundled)."""
     domain = spec.domain if spec.domain in BENCHMARK_DOMAINS else spec.name
     return TaskLoadError(
