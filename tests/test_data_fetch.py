@@ -71,7 +71,7 @@ def test_only_redistributable_tasks_are_bundled_and_each_has_its_notice():
 def test_targets_resolve_to_tasks():
     assert resolve_targets(["review"]) == list(DOMAIN_TASKS["review"])
     assert resolve_targets(["ethos", "anthropic_harmless", "ethos"]) == ["ethos", "antropic_harmless"]
-    assert len(resolve_targets(["all"])) == 35
+    assert len(resolve_targets(["all"])) == 35 and resolve_targets(["global"]) == resolve_targets(["all"])
     with pytest.raises(TaskLoadError, match=r"unknown data target 'reviews'; did you mean .*'review'"):
         resolve_targets(["reviews"])
 

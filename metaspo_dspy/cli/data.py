@@ -19,7 +19,8 @@ from metaspo_dspy.cli.common import say
 
 _EPILOG = """\
 targets: a task (beauty, ethos, ...), a domain (medical, review, reasoning, safety, grounding) or
-'all'. Bundled tasks need nothing; unseen tasks also get the authors' stored user prompts.
+'all' (= 'global', the cross-domain config's tasks and navigate). Bundled tasks need nothing;
+unseen tasks also get the authors' stored user prompts.
 
 The cache: --cache-dir, else $METASPO_CACHE_DIR, else ~/.cache/metaspo-dspy/data. Downloads come
 from the public originals pinned to a commit (raw.githubusercontent.com) and are checked against

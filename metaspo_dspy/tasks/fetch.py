@@ -54,12 +54,13 @@ class FetchRecord:
 
 
 def resolve_targets(targets: Iterable[str]) -> list[str]:
-    """Task names for ``targets`` (each a task, an alias, a domain name or ``all``), in
-    registry order, each once. Raises :class:`TaskLoadError` for an unknown target."""
+    """Task names for ``targets`` (each a task, an alias, a domain name, or ``all`` = ``global``:
+    every benchmark task), in registry order, each once. Raises :class:`TaskLoadError` for an
+    unknown target."""
     wanted: set[str] = set()
     for target in targets:
         key = str(target).strip().lower()
-        if key == "all":
+        if key in ("all", "global"):
             wanted.update(name for name in SPECS if SPECS[name].domain != "generated")
         elif key in DOMAIN_TASKS:
             wanted.update(DOMAIN_TASKS[key])
