@@ -4,7 +4,8 @@ The package is located with ``importlib.util.find_spec("bigbench")``, which does
 (importing BIG-bench pulls in heavy dependencies); ``bigbench_root=`` or ``$METASPO_BIGBENCH_ROOT``
 point at any folder laid out like ``bigbench/benchmark_tasks`` instead (tests use this).
 
-Questions are built as ``SOURCES.md`` describes for the shared files:
+Questions are built as for the bundled BIG-bench files (``metaspo_dspy/data/bigbench``, see its
+``NOTICE.md``):
 
 ==========================  ======================================  =============================
 task                        question                                answer
@@ -21,7 +22,7 @@ navigate                    task_prefix + input + Yes/No options    yes / no
 
 BIG-bench has no train/test split: examples are de-duplicated, shuffled with a fixed task seed and
 cut into 200 train / 300 test (per sub-task shares for the sub-task families). The construction
-follows the shared files' rule; it is not guaranteed to pick the very same examples.
+follows the bundled files' rule; it is not guaranteed to pick the very same examples.
 """
 
 from __future__ import annotations
