@@ -22,7 +22,9 @@ HERE = Path(__file__).resolve().parent
 _OUT = os.environ.get("METASPO_BENCHMARK_OUT")
 RESULTS = Path(_OUT) if _OUT else HERE / "results"
 README = Path(_OUT) / "README.md" if _OUT else HERE / "README.md"
-DATA_DIR = Path(os.environ.get("METASPO_DATA_DIR", HERE.parents[1] / "shared" / "data"))
+#: None: the library's default places (user cache, then the bundled tasks); the review tasks need
+#: `metaspo data fetch review` first. $METASPO_DATA_DIR overrides.
+DATA_DIR = Path(os.environ["METASPO_DATA_DIR"]) if os.environ.get("METASPO_DATA_DIR") else None
 
 
 def mock_server(*args: str):

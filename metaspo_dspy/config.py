@@ -21,7 +21,7 @@ Schema (defaults are the paper's; all keys optional unless stated)::
       source: [beauty, game]    # meta-train tasks: required, non-empty (task names or aliases)
       unseen: [electronics]     # meta-test tasks (may be empty)
     data:
-      data_dir: null            # reference-layout folder; null = $METASPO_DATA_DIR or ../shared/data
+      data_dir: null            # reference-layout folder; null = $METASPO_DATA_DIR, else user cache + bundled
       source: auto              # auto | local | bigbench | hub
       prompt_format: dspy       # dspy | reference
       train_size: 50
