@@ -1,5 +1,5 @@
-"""A full default MetaSPO run (4 review tasks x 50 train examples -- run `metaspo data fetch review` first --, the paper's
-search sizes) against the 100 ms mock model: wall time, calls per phase, ratio to the ideal rate,
+"""A full default MetaSPO run (4 review tasks x 50 train examples, the paper's search sizes; run
+`metaspo data fetch review` first) against the 100 ms mock model: wall time, calls per phase, ratio to the ideal rate,
 peak memory, and the time a sequential loop like the reference's would need (measured on a slice
 of sequential calls and extrapolated -- running it would take over half an hour). ``--frugal`` adds
 the same run with frugal screening and reports the calls it saved.

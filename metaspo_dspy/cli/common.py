@@ -68,7 +68,9 @@ def add_config_arguments(parser: argparse.ArgumentParser, *, search: bool) -> No
     )
     data = parser.add_argument_group("data")
     data.add_argument(
-        "--data-dir", help="folder with {domain}/{task}.json (default: $METASPO_DATA_DIR, else the user cache filled by `metaspo data fetch`, then the bundled tasks)"
+        "--data-dir",
+        help="folder with {domain}/{task}.json (default: $METASPO_DATA_DIR, else the user cache filled by "
+        "`metaspo data fetch`, then the bundled tasks)",
     )
     data.add_argument("--prompt-format", choices=["dspy", "reference"], help="DSPy adapters or the paper's raw prompts")
     data.add_argument("--train-size", type=int, help="train examples per task (paper: 50)")
