@@ -24,8 +24,8 @@ README = Path(__file__).resolve().parents[1] / "README.md"
 #: the model objects the fixture substitutes (the README builds them for OpenAI)
 MODELS = ("task_lm", "optimizer_lm")
 SKIPPED = {
-    'source="hub"': "loads from the Hugging Face Hub (not reachable from tests) and runs MetaSPO with its "
-    "defaults on the review domain (18,200 task calls)",
+    'source="hub"': "loads tasks from the Hugging Face Hub and from fetched (not bundled) data, neither reachable "
+    "from tests, and runs MetaSPO with its defaults on 4 tasks x 50 examples (18,200 task calls)",
 }
 
 
