@@ -166,7 +166,7 @@ def _server_args(url: str) -> list[str]:
 @pytest.mark.parametrize(
     ("flags", "fragment"),
     [
-        (["--status", "401"], "rejected the credentials (HTTP 401"),
+        (["--status", "401"], "rejected the credentials; check the API key"),
         (["--status", "404"], "model or the endpoint was not found"),
         (["--empty-choices-rate", "1"], "empty message"),
     ],
@@ -178,6 +178,7 @@ def test_cli_train_fails_in_one_line_and_writes_nothing(flags, fragment, tmp_pat
     assert result.returncode == 2, result.stderr
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and fragment in errors[0] and "openai/mock" in errors[0] and url in errors[0]
+    assert result.stderr.strip().endswith(errors[0]), "the error is one line, the last one"
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "run").exists()
     assert sum(_served(log).values()) == 1, "one request, not a grid"
@@ -220,5 +221,5 @@ def test_cli_preflight_is_reported_apart_and_skippable(tmp_path):
         env={"METASPO_FAKE_LOG": str(log)}, cwd=tmp_path,
     )  # fmt: skip
     assert skipped.returncode == 0, skipped.stderr
-    assert "preflight" not in skipped.stderr
+    assert "preflight:" not in skipped.stderr
     assert "preflight" not in {json.loads(line)["kind"] for line in log.read_text().splitlines()}

@@ -131,7 +131,9 @@ def _cause(exc: BaseException) -> str:
     from dspy.utils import exceptions as e
 
     status = getattr(exc, "status", None) or getattr(exc, "status_code", None)
-    detail = redact(f"{type(exc).__name__}: {exc}")[:400]
+    # One line: DSPy's messages may carry a multi-line "To fix:" list after the first paragraph.
+    first = str(exc).strip().split("\n\n", 1)[0]
+    detail = redact(" ".join(f"{type(exc).__name__}: {first}".split()))[:400]
     code = f"HTTP {status}: " if status else ""
     if isinstance(exc, e.LMAuthError) or status in (401, 403):
         fix = "the server rejected the credentials; check the API key in the environment variable (api_key_env)"
