@@ -30,6 +30,7 @@ MetaSPO for DSPy: optimize one system prompt that works across many tasks.
 
   metaspo train   optimize a system prompt on a config's source tasks (writes a run directory)
   metaspo test    score system prompts on unseen tasks (unseen generalization, test-time adaptation)
+  metaspo compare train methods over seeds, compare them with the presets on unseen tasks (a table)
   metaspo show    summarize a run directory
   metaspo report  write a Markdown report with PNG figures for a run directory
   metaspo presets print the preset system prompts
@@ -44,8 +45,8 @@ come from the environment) or 'embedded' for the offline SmolLM2-135M model. Run
 
 def build_parser() -> argparse.ArgumentParser:
     from metaspo_dspy import report as report_command
+    from metaspo_dspy.cli import compare, evaluate, show, train
     from metaspo_dspy.cli import data as data_command
-    from metaspo_dspy.cli import evaluate, show, train
 
     parser = argparse.ArgumentParser(
         prog="metaspo", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -56,6 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     train.add_parser(subparsers)
     evaluate.add_parser(subparsers)
+    compare.add_parser(subparsers)
     show.add_parsers(subparsers)
     report_command.add_parser(subparsers)
     data_command.add_parser(subparsers)

@@ -102,9 +102,9 @@ def _needs_optimizer(args: argparse.Namespace) -> bool:
     return args.analysis == "tta" or args.user_prompts != "authors"
 
 
-def _user_prompts(args, config, tasks) -> dict[str, list[str]]:
-    """The authors' stored prompts per task where wanted and available."""
-    if args.user_prompts == "generate":
+def _user_prompts(mode: str, config, tasks) -> dict[str, list[str]]:
+    """The authors' stored prompts per task where wanted and available (``mode``: auto, authors, generate)."""
+    if mode == "generate":
         return {}
     given = {}
     for task in tasks:
@@ -116,13 +116,21 @@ def _user_prompts(args, config, tasks) -> dict[str, list[str]]:
                 num=config.meta_test.num_unseen_user_prompts,
             )
         except TaskLoadError:
-            if args.user_prompts == "authors":
+            if mode == "authors":
                 raise
     return given
 
 
-def _unseen(args, config, tasks, prompts, models, log_dir: Path) -> dict[str, Any]:
-    given = _user_prompts(args, config, tasks)
+def unseen_run(config, tasks, prompt, models, log_dir: Path, user_prompts: str = "auto", quiet: bool = False):
+    """Unseen generalization of one system prompt, as `metaspo test` runs it (shared with `metaspo compare`)."""
+    return unseen_runs(config, tasks, [("", prompt)], models, log_dir, user_prompts, quiet)[""]
+
+
+def unseen_runs(
+    config, tasks, prompts, models, log_dir: Path, user_prompts: str = "auto", quiet: bool = False
+) -> dict[str, Any]:
+    """Unseen generalization of each ``(label, prompt)``: ``{label: unseen_generalization(...)}``."""
+    given = _user_prompts(user_prompts, config, tasks)
     runs = {}
     for label, prompt in prompts:
         runs[label] = unseen_generalization(
@@ -137,8 +145,13 @@ def _unseen(args, config, tasks, prompts, models, log_dir: Path) -> dict[str, An
             prompts_dir=log_dir / "unseen_user_prompts",
             num_threads=models.threads(config.num_threads),
             seed=config.seed,
-            progress=not args.quiet,
+            progress=not quiet,
         )
+    return runs
+
+
+def _unseen(args, config, tasks, prompts, models, log_dir: Path) -> dict[str, Any]:
+    runs = unseen_runs(config, tasks, prompts, models, log_dir, args.user_prompts, args.quiet)
     rows = []
     for task in tasks:
         row: list[Any] = [task.name]
@@ -159,25 +172,34 @@ def _unseen(args, config, tasks, prompts, models, log_dir: Path) -> dict[str, An
     }
 
 
+def tta_run(config, tasks, prompt, models) -> dict[str, Any]:
+    """Test-time adaptation from one system prompt on each task, as `metaspo test --analysis tta`
+    runs it (shared with `metaspo compare`): ``{task: result without its program}``."""
+    out = {}
+    for task in tasks:
+        result = test_time_adaptation(
+            prompt,
+            task,
+            iterations=config.meta_test.tta_iterations,
+            optimizer_lm=models.optimizer_lm,
+            task_lm=models.task_lm,
+            adapter=models.task_adapter,
+            optimizer_adapter=models.optimizer_adapter,
+            num_threads=models.threads(config.num_threads),
+            seed=config.seed,
+        )
+        result.pop("program")
+        out[task.name] = result
+    return out
+
+
 def _tta(config, tasks, prompts, models) -> dict[str, Any]:
     runs: dict[str, dict[str, Any]] = {}
     rows = []
     for label, prompt in prompts:
-        runs[label] = {}
+        runs[label] = tta_run(config, tasks, prompt, models)
         for task in tasks:
-            result = test_time_adaptation(
-                prompt,
-                task,
-                iterations=config.meta_test.tta_iterations,
-                optimizer_lm=models.optimizer_lm,
-                task_lm=models.task_lm,
-                adapter=models.task_adapter,
-                optimizer_adapter=models.optimizer_adapter,
-                num_threads=models.threads(config.num_threads),
-                seed=config.seed,
-            )
-            result.pop("program")
-            runs[label][task.name] = result
+            result = runs[label][task.name]
             rows.append([label, task.name, *(r["test_of_best"] for r in result["rounds"])])
     rounds = config.meta_test.tta_iterations + 1
     print(table(rows, ["system prompt", "task", *(f"round {r}" for r in range(rounds))]))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -133,17 +134,59 @@ def _flat(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 def run(args: argparse.Namespace) -> int:
     config, run_dir, resume = _config(args)
-    if config.method not in TRAIN_METHODS:
-        raise ConfigError(f"metaspo train runs method {', '.join(TRAIN_METHODS)}, not {config.method!r}")
-    tasks = config_tasks(config, config.tasks.source)
-    models = build_models(config)
     if not resume and (run_dir / "run.json").exists():
         raise RunDirError(
             f"{run_dir} already holds a run; continue it with `metaspo train --resume {run_dir}` "
             "or choose another --log-dir"
         )
-    tp = _optimizer(config, models, run_dir, resume, args)  # validates every setting before any call
-    estimate = _estimate(config, tp, tasks)
+    training = prepare(config, run_dir, resume, quiet=args.quiet)
+    announce(training)
+    if args.preflight:
+        check_models(training.models)
+    best = execute(training)
+    say("optimized system prompt (stdout):")
+    print(best.system_prompt.text)
+    return 0
+
+
+@dataclass
+class Training:
+    """One `metaspo train` run, validated and ready to start (no call made yet)."""
+
+    config: RunConfig
+    run_dir: Path
+    resume: bool
+    tasks: list
+    models: Any
+    tp: MetaSPO
+    estimate: dict[str, int]
+
+
+def prepare(config: RunConfig, run_dir: Path, resume: bool, quiet: bool = False) -> Training:
+    """Load the source tasks, build the models and the teleprompter (which checks every setting)
+    and estimate the calls; makes no call. Shared by `metaspo train` and `metaspo compare`."""
+    if config.method not in TRAIN_METHODS:
+        raise ConfigError(f"metaspo train runs method {', '.join(TRAIN_METHODS)}, not {config.method!r}")
+    tasks = config_tasks(config, config.tasks.source)
+    models = build_models(config)
+    tp = _optimizer(config, models, run_dir, resume, quiet)  # validates every setting before any call
+    return Training(config, run_dir, resume, tasks, models, tp, _estimate(config, tp, tasks))
+
+
+def rough_cost(training: Training) -> dict[str, Any]:
+    """Rough tokens and cost of the run (estimate.estimate_tokens_and_cost)."""
+    t = training
+    return estimate_tokens_and_cost(
+        t.estimate, t.tasks, t.models.task_label, t.models.optimizer_label, make_adapter(t.models.task_adapter),
+        t.config.initial_system_prompt,
+    )  # fmt: skip
+
+
+def announce(training: Training) -> None:
+    """What the run will do and roughly cost (stderr)."""
+    config, tasks, models, tp, estimate = (
+        training.config, training.tasks, training.models, training.tp, training.estimate,
+    )  # fmt: skip
     say(f"{_title(config)} on {len(tasks)} source tasks: {', '.join(t.name for t in tasks)}")
     say(
         f"  task model: {models.task_label}   optimizer: {models.optimizer_label}   format: {config.data.prompt_format}"
@@ -158,17 +201,18 @@ def run(args: argparse.Namespace) -> int:
             f"{len(tp.library)} components ({tp.library.source}); optimizer calls above are an upper bound "
             "(one per rephrase edit)"
         )
-    rough = estimate_tokens_and_cost(
-        estimate, tasks, models.task_label, models.optimizer_label, make_adapter(models.task_adapter),
-        config.initial_system_prompt,
-    )  # fmt: skip
+    rough = rough_cost(training)
     price = f", about ${rough['cost']:.2f} at LiteLLM's prices" if rough["cost"] else ""
     say(f"  roughly {rough['tokens'] / 1e6:.2f}M tokens{price}")
     for warning in tp.budget_warnings():
         say(f"  warning: {warning}")
-    if args.preflight:
-        check_models(models)
-    if not resume:
+
+
+def execute(training: Training):
+    """Write the run directory's config.json (new runs), run the search, print the summary (stderr);
+    returns the optimized program."""
+    config, run_dir = training.config, training.run_dir
+    if not training.resume:
         try:
             run_dir.mkdir(parents=True, exist_ok=True)
             atomic_write_json(run_dir / "config.json", config.to_dict())
@@ -176,12 +220,11 @@ def run(args: argparse.Namespace) -> int:
             raise RunDirError(
                 f"cannot write to log dir {run_dir}: {exc.strerror or exc}; choose a writable folder"
             ) from None
-    say(f"  run directory: {run_dir}{'  (resuming)' if resume else ''}")
+    say(f"  run directory: {run_dir}{'  (resuming)' if training.resume else ''}")
     started = time.perf_counter()
-    best = tp.compile(**compile_kwargs(tasks))
+    best = training.tp.compile(**compile_kwargs(training.tasks))
     _summary(best.detailed_results, run_dir, time.perf_counter() - started)
-    print(best.system_prompt.text)
-    return 0
+    return best
 
 
 def _partial_cost(usage: dict[str, Any]) -> str:
@@ -210,7 +253,7 @@ def _estimate(config: RunConfig, tp: MetaSPO, tasks) -> dict[str, int]:
     return estimate_calls(config.method, *args, sizes)
 
 
-def _optimizer(config: RunConfig, models, run_dir: Path, resume: bool, args: argparse.Namespace) -> MetaSPO:
+def _optimizer(config: RunConfig, models, run_dir: Path, resume: bool, quiet: bool) -> MetaSPO:
     """The teleprompter for this run (MetaSPO, or SPRIG; its constructor checks every setting and
     loads SPRIG's component library, so a bad file stops the command before any call)."""
     common = dict(
@@ -227,7 +270,7 @@ def _optimizer(config: RunConfig, models, run_dir: Path, resume: bool, args: arg
         seed=config.seed,
         log_dir=run_dir,
         resume=resume,
-        progress=not args.quiet,
+        progress=not quiet,
         phase_callback=_phase_printer(config),
         max_lm_calls=config.budget.max_lm_calls,
         max_cost=config.budget.max_cost,
@@ -292,4 +335,3 @@ def _summary(artifact: dict[str, Any], run_dir: Path, seconds: float) -> None:
     if artifact.get("stopped"):
         say(f"budget: {artifact['stopped']}")
     say(f"artifact: {run_dir / 'metaspo_run.json'}   program: {run_dir / 'program.json'}")
-    say("optimized system prompt (stdout):")
