@@ -22,18 +22,7 @@ __all__ = ["BilevelRun", "BudgetStop"]
 
 
 class BilevelRun(SearchRun):
-    """One execution of MetaSPO.compile (state, history, artifact).
-
-    ``BilevelRun(owner, tasks)`` is how ``MetaSPO.compile`` starts its search once the tasks are set
-    up and checked. A teleprompter that shares that set-up but searches its own way (SPRIG) has a
-    ``make_run(tasks)`` method; the call then returns the run it makes instead.
-    """
-
-    def __new__(cls, owner: Any, tasks: dict[str, TaskRun]) -> Any:
-        make_run = getattr(owner, "make_run", None)
-        if cls is BilevelRun and callable(make_run):
-            return make_run(tasks)
-        return super().__new__(cls)
+    """One execution of MetaSPO.compile (state, history, artifact); made by ``MetaSPO.make_run``."""
 
     def __init__(self, owner: Any, tasks: dict[str, TaskRun]):
         super().__init__(

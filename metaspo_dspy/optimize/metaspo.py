@@ -255,8 +255,12 @@ class MetaSPO(Teleprompter):
         if self.preflight:
             for result in preflight([("task", self.task_lm or dspy.settings.lm), ("optimizer", self.optimizer_lm)]):
                 logger.info("preflight: %s", result.describe())
-        run = BilevelRun(owner, tasks)
-        return run.execute()
+        return owner.make_run(tasks).execute()
+
+    def make_run(self, tasks: dict[str, TaskRun]) -> Any:
+        """The search of one ``compile`` once its tasks are set up and checked (a subclass that shares
+        that set-up but searches its own way, such as SPRIG, returns its own run)."""
+        return BilevelRun(self, tasks)
 
     def _for_wrapped(self, unwrapped: Unwrapped) -> MetaSPO:
         """This teleprompter, or a copy whose settings not given to it come from the wrappers of

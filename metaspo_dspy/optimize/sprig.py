@@ -175,8 +175,8 @@ class SPRIG(MetaSPO):
         return budget
 
     def make_run(self, tasks: dict[str, TaskRun]) -> SprigRun:
-        """The run of one ``compile`` (``MetaSPO.compile`` starts it through ``BilevelRun``); the
-        budget is checked before the run directory is opened."""
+        """The run of one ``compile`` (``MetaSPO.compile`` starts it); the budget is checked before the
+        run directory is opened."""
         return SprigRun(self, tasks, self.search_budget({name: len(t.trainset) for name, t in tasks.items()}))
 
 
