@@ -82,7 +82,7 @@ def add_config_arguments(parser: argparse.ArgumentParser, *, search: bool) -> No
     add_common_flags(run)
     if search:
         s = parser.add_argument_group("search (paper defaults: 3 iterations, 9 system, 3 user candidates, top 3)")
-        s.add_argument("--method", choices=["metaspo", "outer_loop", "metaspo_ape"])
+        s.add_argument("--method", choices=["metaspo", "outer_loop", "metaspo_ape", "sprig"])
         s.add_argument("--iterations", type=int)
         s.add_argument("--system-candidates", type=int)
         s.add_argument("--user-candidates", type=int)
