@@ -13,7 +13,7 @@ module merges the layers and re-exports the public names.
 
 Schema (defaults are the paper's; all keys optional unless stated)::
 
-    method: metaspo             # metaspo | outer_loop | metaspo_ape | protegi | ape | none
+    method: metaspo             # metaspo | outer_loop | metaspo_ape | sprig | protegi | ape | none
     seed: 42                    # run seed (train shuffle, optimizer sampling)
     num_threads: 16             # parallel task-LM calls
     initial_system_prompt: "You are a helpful assistant."
@@ -33,6 +33,7 @@ Schema (defaults are the paper's; all keys optional unless stated)::
       user_top_k: 3
       screening: null           # frugal screening: minibatch fraction in (0, 1), e.g. 0.2; null = faithful
       screening_keep: 0.5       # share of candidates promoted to the full evaluation, in (0, 1]
+      components: null          # sprig: a component CSV (Prompt, Category); null = the built-in library
     meta_test:
       num_unseen_user_prompts: 10
       tta_iterations: 6
