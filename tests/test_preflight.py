@@ -222,4 +222,6 @@ def test_cli_preflight_is_reported_apart_and_skippable(tmp_path):
     )  # fmt: skip
     assert skipped.returncode == 0, skipped.stderr
     assert "preflight:" not in skipped.stderr
-    assert "preflight" not in {json.loads(line)["kind"] for line in log.read_text().splitlines()}
+    # (the DSPy cache of the first run may answer every other call, leaving no log at all)
+    kinds = {json.loads(line)["kind"] for line in log.read_text().splitlines()} if log.exists() else set()
+    assert "preflight" not in kinds
