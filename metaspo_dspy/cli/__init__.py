@@ -159,7 +159,13 @@ def run_dir_of(args: argparse.Namespace | None) -> Path | None:
 
 
 def _resume_hint(args: argparse.Namespace, sep: str) -> str:
-    """How to go on after ``metaspo train`` stopped: resume once ``run.json`` exists, else start again."""
+    """How to go on after ``metaspo train`` or ``compare`` stopped: resume once ``run.json`` (or
+    ``compare.json``) exists, else start again."""
+    if args.command == "compare":
+        log_dir = getattr(args, "resume", None) or getattr(args, "log_dir", None)
+        if log_dir is not None and (Path(log_dir) / "compare.json").is_file():
+            return f"{sep}finished sub-runs are kept: metaspo compare --resume {log_dir}"
+        return ""
     if args.command != "train":
         return ""
     where = run_dir_of(args)
