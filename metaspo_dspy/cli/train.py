@@ -50,9 +50,6 @@ def add_parser(subparsers) -> None:
         "train", help=HELP, description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     add_config_arguments(parser, search=True)
-    for action in parser._actions:  # the shared --method flag lists MetaSPO's methods; train runs SPRIG too
-        if action.dest == "method" and action.choices is not None:
-            action.choices = list(dict.fromkeys([*action.choices, *TRAIN_METHODS]))
     parser.add_argument(
         "--components",
         type=Path,
