@@ -18,7 +18,7 @@ from metaspo_dspy.lm import (
     is_embedded,
     resolve_provider,
 )
-from metaspo_dspy.lm import embedded as embedded_module
+from metaspo_dspy.lm import embedded_model as embedded_module  # where the extra is located
 
 SECRET = "sk-test-DO-NOT-LEAK-1234567890"
 KEY_VARS = ["OPENAI_API_KEY", "ANTHROPIC_API_KEY", "TOGETHERAI_API_KEY", "TOGETHER_AI_API_KEY", "GROQ_API_KEY"]
