@@ -41,6 +41,19 @@ def read_text(path: str | Path) -> str:
         raise NotUtf8Error(path, data, exc) from None
 
 
+def read_named_file(path: str | Path, what: str, error: type[Exception] = ValueError, fix: str = "") -> str:
+    """:func:`read_text` of a file the user named; every failure is one ``error`` whose message
+    names ``what`` (e.g. "system prompt file"), the file, and ``fix`` for a missing file."""
+    try:
+        return read_text(path)
+    except FileNotFoundError:
+        raise error(f"{what} {path} does not exist{fix}") from None
+    except NotUtf8Error as exc:
+        raise error(f"{what} {exc}") from None
+    except OSError as exc:
+        raise error(f"cannot read {what} {path}: {exc.strerror or exc}") from None
+
+
 def with_filename(exc: OSError, path: str | Path) -> OSError:
     """``exc`` itself when it names a file, else an equivalent ``OSError`` (same errno, hence the
     same subclass) naming ``path``."""

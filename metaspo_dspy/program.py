@@ -21,7 +21,7 @@ import dspy
 from dspy.predict.parameter import Parameter
 
 from metaspo_dspy.adapters import InstructionsIn, adapter_name, make_adapter, with_system_prompt
-from metaspo_dspy.io import NotUtf8Error, atomic_write_text, read_text
+from metaspo_dspy.io import atomic_write_text, read_named_file
 from metaspo_dspy.program_spec import program_from_spec, program_spec
 from metaspo_dspy.scope import system_prompt_scope
 
@@ -83,14 +83,7 @@ class SystemPrompt(Parameter):
         naming the file and what was expected when none of these fits or the prompt is empty.
         """
         path = Path(path)
-        try:
-            raw = read_text(path)  # UTF-8, a leading BOM dropped
-        except FileNotFoundError:
-            raise ValueError(f"system prompt file {path} does not exist") from None
-        except NotUtf8Error as exc:
-            raise ValueError(f"system prompt file {exc}") from None
-        except OSError as exc:
-            raise ValueError(f"cannot read system prompt file {path}: {exc.strerror or exc}") from None
+        raw = read_named_file(path, "system prompt file")  # UTF-8, a leading BOM dropped
         try:
             data = json.loads(raw)
         except json.JSONDecodeError:

@@ -26,7 +26,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from metaspo_dspy.io import NotUtf8Error, read_text
+from metaspo_dspy.io import read_named_file
 from metaspo_dspy.optimize.task_run import ConfigError
 
 #: The built-in library, shipped as package data.
@@ -116,14 +116,7 @@ def load_components(path: str | Path | None = None) -> ComponentLibrary:
 
 
 def _read(path: Path, source: str) -> ComponentLibrary:
-    try:
-        raw = read_text(path)
-    except FileNotFoundError:
-        raise ComponentLibraryError(f"component library {path} does not exist; give a CSV file") from None
-    except NotUtf8Error as exc:
-        raise ComponentLibraryError(f"component library {exc}") from None
-    except OSError as exc:
-        raise ComponentLibraryError(f"cannot read component library {path}: {exc.strerror or exc}") from None
+    raw = read_named_file(path, "component library", ComponentLibraryError, fix="; give a CSV file")
     try:
         rows = list(csv.reader(io.StringIO(raw)))
     except csv.Error as exc:
