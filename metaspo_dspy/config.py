@@ -47,9 +47,9 @@ Schema (defaults are the paper's; all keys optional unless stated)::
       max_tokens: null
       api_base: null            # e.g. http://localhost:8000/v1
       api_key_env: null         # NAME of the environment variable holding the key
-      engine: litellm           # litellm | native (DSPy's own client, OpenAI-compatible servers)
-      num_retries: 3            # retries with backoff on transient errors (LiteLLM)
-      timeout: null             # seconds per request before it is retried (null: LiteLLM's 600)
+      engine: auto              # auto (DSPy's own client for OpenAI-compatible servers, else LiteLLM) | litellm | native
+      num_retries: 3            # retries with backoff on transient errors
+      timeout: null             # seconds per request before it is retried (null: the client's default)
     optimizer_lm:               # the model that proposes prompts
       model: openai/gpt-4o-mini
       temperature: 1.0

@@ -16,7 +16,7 @@ from metaspo_dspy.optimize.common import ConfigError as _OptimizerConfigError
 METHODS = ("metaspo", "outer_loop", "metaspo_ape", "sprig", "protegi", "ape", "none")
 DATA_SOURCES = ("auto", "local", "bigbench", "hub")
 PROMPT_FORMATS = ("dspy", "reference")
-ENGINES = ("litellm", "native")
+ENGINES = ("auto", "litellm", "native")
 
 
 class ConfigError(_OptimizerConfigError):
@@ -35,7 +35,7 @@ class LMConfig:
     max_tokens: int | None = None
     api_base: str | None = None
     api_key_env: str | None = None
-    engine: str = "litellm"
+    engine: str = "auto"
     num_retries: int = 3
     timeout: float | None = None
 

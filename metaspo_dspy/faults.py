@@ -1,8 +1,8 @@
 """Record every LM fault of a run: failed attempts (HTTP errors, timeouts, connection resets) and
 completions that could not be parsed.
 
-Retries are LiteLLM's (``dspy.LM(num_retries=...)``, exponential backoff); this module only
-*observes*. A LiteLLM ``CustomLogger`` (installed once per process, appended to
+Retries are DSPy's (``dspy.LM(num_retries=...)``, exponential backoff, ``Retry-After``); this module
+only *observes*. A LiteLLM ``CustomLogger`` (installed once per process, appended to
 ``litellm.callbacks``) reports each failed attempt, and our adapters report each parse failure, to
 every active :class:`FaultLog`. A run opens one for its duration, so its record holds each fault the
 model server saw, even those a retry or the JSON fallback recovered from. Answers that hold nothing
@@ -13,9 +13,10 @@ echoes the request's ``Authorization`` header in its error text must not put the
 A log opened on an existing file (a resumed run) counts the faults already in it, so ``counts``
 covers every process that wrote to the file.
 
-The observer sees what LiteLLM sees: with DSPy's native client (``engine="lm15"``) failed
-attempts do not pass through LiteLLM and are not recorded here (the failure of a call after its
-retries still reaches the example or proposal that made it).
+LMs built by :func:`~metaspo_dspy.lm.build_lm` on DSPy's native client report their failed attempts
+through :class:`~metaspo_dspy.lm.native.NativeEngine`, so both engines record the same faults. A
+plain ``dspy.LM(..., engine="lm15")`` is not observed: its failed attempts are not recorded here
+(the failure of a call after its retries still reaches the example or proposal that made it).
 """
 
 from __future__ import annotations
@@ -41,17 +42,21 @@ def classify(exc: BaseException | None) -> str:
     name = type(exc).__name__ if exc is not None else "unknown"
     text = str(exc).lower() if exc is not None else ""
     status = getattr(exc, "status_code", None)
+    if status is None:
+        status = getattr(exc, "status", None)  # DSPy's native client (lm15) and DSPy's LM errors
     if "timeout" in name.lower() or "timed out" in text:
         return "timeout"
     if "connection error" in text or "connecterror" in text or "connection reset" in text:
         return "connection"  # LiteLLM reports these as InternalServerError with status 500
+    if name == "TransportError":
+        return "connection"
     if name == "RateLimitError" or status == 429:
         return "rate_limit"
-    if (isinstance(status, int) and status >= 500) or name in ("InternalServerError", "ServiceUnavailableError"):
+    if (isinstance(status, int) and status >= 500) or name in ("InternalServerError", "ServiceUnavailableError", "ServerError"):
         return f"http_{status}" if isinstance(status, int) else "http_5xx"
     if "connection" in name.lower() or "connection" in text:
         return "connection"
-    if name in ("AuthenticationError", "PermissionDeniedError"):
+    if name in ("AuthenticationError", "PermissionDeniedError", "AuthError"):
         return "auth"
     return name
 

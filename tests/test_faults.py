@@ -11,6 +11,7 @@ import pytest
 from conftest import exact_metric, load_examples, mock_server
 
 from metaspo_dspy import MetaSPO
+from metaspo_dspy.lm import LMSettings, build_lm
 from metaspo_dspy.optimize.common import TooManyFailures
 
 SIG = dspy.Signature(
@@ -18,20 +19,17 @@ SIG = dspy.Signature(
 )
 
 
-def _lm(url: str, temperature: float, retries: int = 3) -> dspy.LM:
-    return dspy.LM(
-        "openai/mock",
-        api_base=url,
-        api_key="sk-mock",
-        engine="litellm",
-        cache=False,
-        temperature=temperature,
-        num_retries=retries,
-        timeout=1.0,
+def _lm(url: str, temperature: float, retries: int = 3, engine: str = "litellm") -> dspy.LM:
+    """LiteLLM, or (``native``) DSPy's own client as ``build_lm`` makes it for OpenAI-compatible
+    servers by default: both must record every fault."""
+    settings = LMSettings(
+        model="openai/mock", api_base=url, temperature=temperature, num_retries=retries, engine=engine
     )
+    return build_lm(settings, extra={"cache": False, "timeout": 1.0})
 
 
-def test_faults_are_retried_survived_and_all_recorded(data_dir, tmp_path):
+@pytest.mark.parametrize("engine", ["litellm", "native"])
+def test_faults_are_retried_survived_and_all_recorded(data_dir, tmp_path, engine):
     train = {t: load_examples(data_dir, "medmcqa", t, 8) for t in ("ob_gyn", "medicine")}
     server_log = tmp_path / "server.jsonl"
     faults = [
@@ -51,8 +49,8 @@ def test_faults_are_retried_survived_and_all_recorded(data_dir, tmp_path):
     with mock_server(*faults, log=server_log) as url:
         best = MetaSPO(
             exact_metric,
-            _lm(url, 1.0),
-            _lm(url, 0.0),
+            _lm(url, 1.0, engine=engine),
+            _lm(url, 0.0, engine=engine),
             num_iterations=1,
             num_system_candidates=2,
             num_user_candidates=2,
@@ -84,21 +82,23 @@ def test_a_dead_server_stops_the_run_with_a_clear_resumable_error(data_dir, tmp_
     assert (tmp_path / "run" / "evaluations.jsonl").exists()
 
 
-def test_after_a_stop_the_run_resumes_and_counts_every_processs_faults(data_dir, tmp_path):
+@pytest.mark.parametrize("engine", ["litellm", "native"])
+def test_after_a_stop_the_run_resumes_and_counts_every_processs_faults(data_dir, tmp_path, engine):
     """A dead server stops the initial grid; resumed against a working (but flaky) server, the failed
     evaluations are asked again, the run completes, and the artifact's ``faults`` counts the faults
     of both sessions -- exactly what faults.jsonl holds."""
     train = {"ob_gyn": load_examples(data_dir, "medmcqa", "ob_gyn", 4)}
     settings = dict(num_iterations=1, num_system_candidates=1, num_user_candidates=1, progress=False)
     with mock_server("--error-rate", "1.0", "--latency", "0") as url, pytest.raises(TooManyFailures):
-        MetaSPO(exact_metric, _lm(url, 1.0, 1), _lm(url, 0.0, 1), log_dir=tmp_path / "run", **settings).compile(
+        MetaSPO(exact_metric, _lm(url, 1.0, 1, engine), _lm(url, 0.0, 1, engine), log_dir=tmp_path / "run", **settings).compile(
             dspy.Predict(SIG), trainsets=train
         )
     first = Counter(json.loads(line)["kind"] for line in (tmp_path / "run" / "faults.jsonl").read_text().splitlines())
     assert first == Counter({"http_500": 4 * 2})  # 4 examples, each tried 1 + num_retries times
     with mock_server("--garbage-rate", "0.3", "--latency", "0", "--seed", "1") as url:
         best = MetaSPO(
-            exact_metric, _lm(url, 1.0, 1), _lm(url, 0.0, 1), log_dir=tmp_path / "run", resume=True, **settings
+            exact_metric, _lm(url, 1.0, 1, engine), _lm(url, 0.0, 1, engine), log_dir=tmp_path / "run", resume=True,
+            **settings,
         ).compile(dspy.Predict(SIG), trainsets=train)
     recorded = Counter(
         json.loads(line)["kind"] for line in (tmp_path / "run" / "faults.jsonl").read_text().splitlines()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import cloudpickle
 import dspy
 import pytest
 
@@ -18,6 +19,7 @@ from metaspo_dspy.lm import (
     is_embedded,
     resolve_provider,
 )
+from metaspo_dspy.lm.native import NativeEngine, native_settings
 from metaspo_dspy.lm import embedded_model as embedded_module  # where the extra is located
 
 SECRET = "sk-test-DO-NOT-LEAK-1234567890"
@@ -159,16 +161,23 @@ def test_missing_key_names_the_variable(settings, variable):
 def test_key_from_default_variable_is_left_to_the_client(monkeypatch):
     monkeypatch.setenv("OPENAI_API_KEY", SECRET)
     lm = build_lm(LMSettings.for_task("openai/gpt-4o-mini"))
-    assert "api_key" not in lm.kwargs  # LiteLLM reads OPENAI_API_KEY itself
-    assert lm.engine == "litellm"
+    assert "api_key" not in lm.kwargs  # the client reads OPENAI_API_KEY itself
+    assert native_settings(lm)["api_key_env"] == "OPENAI_API_KEY"
     assert lm.kwargs["temperature"] == 0.0
+    lm = build_lm(LMSettings.for_task("openai/gpt-4o-mini", engine="litellm"))
+    assert "api_key" not in lm.kwargs and lm.engine == "litellm"  # LiteLLM reads it itself
 
 
-def test_key_from_named_variable(monkeypatch):
+@pytest.mark.parametrize("engine", ["litellm", "native"])
+def test_key_from_named_variable(monkeypatch, engine):
     monkeypatch.setenv("MY_PROXY_KEY", SECRET)
-    settings = LMSettings.for_optimizer("openai/gpt-4o", api_key_env="MY_PROXY_KEY")
+    settings = LMSettings.for_optimizer("openai/gpt-4o", api_key_env="MY_PROXY_KEY", engine=engine)
     lm = build_lm(settings)
-    assert lm.kwargs["api_key"] == SECRET
+    if engine == "litellm":
+        assert lm.kwargs["api_key"] == SECRET
+    else:  # the engine keeps the variable's name and reads the key where it runs
+        assert "api_key" not in lm.kwargs and native_settings(lm)["api_key_env"] == "MY_PROXY_KEY"
+        assert SECRET not in repr(lm.engine) and SECRET.encode() not in cloudpickle.dumps(lm)
     assert lm.kwargs["temperature"] == 1.0
     # The key is nowhere in what gets printed, logged or saved.
     assert SECRET not in repr(settings)
@@ -189,11 +198,14 @@ def test_saved_program_has_no_key(monkeypatch, tmp_path):
 
 
 def test_openai_compatible_server_without_key():
-    lm = build_lm(LMSettings("openai/my-served-model", api_base="http://localhost:8000/v1"))
+    lm = build_lm(LMSettings("openai/my-served-model", api_base="http://localhost:8000/v1", engine="litellm"))
     assert lm.kwargs["api_base"] == "http://localhost:8000/v1"
     assert lm.kwargs["api_key"] == "EMPTY"  # placeholder: the OpenAI client refuses to send none
-    lm = build_lm(LMSettings("hosted_vllm/Qwen/Qwen2.5-7B-Instruct", api_base="http://localhost:8000/v1"))
+    lm = build_lm(LMSettings("hosted_vllm/Qwen/Qwen2.5-7B-Instruct", api_base="http://localhost:8000/v1", engine="litellm"))
     assert "api_key" not in lm.kwargs
+    for model in ("openai/my-served-model", "hosted_vllm/Qwen/Qwen2.5-7B-Instruct"):  # the default engine
+        served = native_settings(build_lm(LMSettings(model, api_base="http://localhost:8000/v1")))
+        assert served["api_base"] == "http://localhost:8000/v1" and served["placeholder_key"] is True
 
 
 def test_hosted_vllm_needs_api_base():
@@ -209,11 +221,20 @@ def test_ambient_cloud_auth_is_not_checked():
 # -- engines ---------------------------------------------------------------------------------------
 def test_engines(monkeypatch):
     monkeypatch.setenv("OPENAI_API_KEY", SECRET)
-    assert build_lm(LMSettings("openai/gpt-4o-mini")).engine == "litellm"
-    native = build_lm(LMSettings("openai/gpt-4o-mini", engine="native"))
-    assert native.engine == "lm15"
+    monkeypatch.setenv("ANTHROPIC_API_KEY", SECRET)
+    assert build_lm(LMSettings("openai/gpt-4o-mini", engine="litellm")).engine == "litellm"
+    for engine in ("auto", "native"):  # auto: DSPy's own client for OpenAI-compatible endpoints
+        assert isinstance(build_lm(LMSettings("openai/gpt-4o-mini", engine=engine)).engine, NativeEngine)
     served = build_lm(LMSettings("openai/served", api_base="http://localhost:9/v1", engine="native"))
-    assert served.engine == "lm15"
+    assert isinstance(served.engine, NativeEngine)
+    # auto keeps LiteLLM for other providers and for client settings DSPy's client cannot carry
+    assert build_lm(LMSettings("anthropic/claude-3-5-haiku-latest")).engine == "litellm"
+    assert isinstance(build_lm(LMSettings("anthropic/claude-3-5-haiku-latest", engine="native")).engine, NativeEngine)
+    headers = {"extra_headers": {"X-Team": "a"}}
+    assert build_lm(LMSettings("openai/gpt-4o-mini", extra=headers)).engine == "litellm"
+    with pytest.raises(ModelConfigError, match="extra_headers"):
+        build_lm(LMSettings("openai/gpt-4o-mini", extra=headers, engine="native"))
+    assert build_lm(LMSettings("metaspo-fake/x")).engine == "litellm"  # in-process providers
 
 
 def test_native_engine_refuses_unsupported_provider(monkeypatch):

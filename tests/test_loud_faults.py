@@ -38,6 +38,13 @@ def _served(log: Path) -> list[dict]:
 
 
 def _mock_lm(url: str, engine: str = "litellm", num_retries: int = 0, **kwargs) -> dspy.LM:
+    """``engine``: ``litellm`` or ``lm15`` (a plain ``dspy.LM``), or ``native`` (``build_lm``'s LM on
+    DSPy's client with observed attempts, the default for OpenAI-compatible servers)."""
+    if engine == "native":
+        from metaspo_dspy.lm import LMSettings, build_lm
+
+        settings = LMSettings(model="openai/mock", api_base=url, num_retries=num_retries, engine="native")
+        return build_lm(settings, extra={"cache": False, **kwargs})
     return dspy.LM(
         "openai/mock",
         api_base=url,
@@ -69,6 +76,12 @@ ANSWER_FAULTS = [
     (["--truncate-rate", "1"], "litellm", "json", "TruncatedResponse", "truncated", 1),
     (["--status", "401"], "litellm", "chat", "LMAuthError", "auth", 1),
     (["--error-rate", "1"], "litellm", "chat", "LMServerError", "http_500", 2),
+    # build_lm's native LM (the default for OpenAI-compatible servers) records the same faults.
+    (["--empty-choices-rate", "1"], "native", "chat", "EmptyResponse", "empty_response", 2),
+    (["--empty-content-rate", "1"], "native", "json", "EmptyResponse", "empty_response", 2),
+    (["--truncate-rate", "1"], "native", "chat", "TruncatedResponse", "truncated", 1),
+    (["--status", "401"], "native", "chat", "LMAuthError", "auth", 1),
+    (["--error-rate", "1"], "native", "chat", "LMServerError", "http_500", 2),
 ]
 
 
@@ -121,7 +134,7 @@ def test_a_cached_empty_answer_is_asked_again_never_replayed(engine_factory):
     assert faults.counts == Counter({"empty_response": 2 * len(examples)})
 
 
-@pytest.mark.parametrize("engine", ["litellm", "lm15"])
+@pytest.mark.parametrize("engine", ["litellm", "lm15", "native"])
 def test_http_429_retry_waits_the_retry_after_seconds(tmp_path, engine):
     """Half the attempts get HTTP 429 with ``Retry-After: 2``. DSPy's own first backoff is 1 s, so a
     gap of about 2 s between a 429 and the next attempt of the same request (server timestamps)
@@ -141,7 +154,7 @@ def test_http_429_retry_waits_the_retry_after_seconds(tmp_path, engine):
     assert gaps, "the seed gave no retried 429"
     assert all(1.9 <= gap <= 4.0 for gap in gaps), gaps
     limited = sum(1 for tries in attempts.values() for entry in tries if entry["fault"] == "rate_limited")
-    if engine == "litellm":  # failed attempts are observed through LiteLLM's callbacks
+    if engine != "lm15":  # observed through LiteLLM's callbacks or build_lm's native engine
         assert faults.counts["rate_limit"] == limited
     # Every example whose last attempt was not a 429 succeeded.
     assert sum(r.error is None for r in results) == sum(t[-1]["fault"] is None for t in attempts.values())

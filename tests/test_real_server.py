@@ -73,13 +73,14 @@ def llama_server(port: int, log: Path):
 
 
 def _train_args(port: int, run_dir: Path) -> list[str]:
-    """A tiny run: the task model behind the server (raw reference-format messages, so the 135M model's
-    free text is the answer), the optimizer in-process (its JSON grammar keeps proposals whole)."""
+    """A tiny run: the task model behind the server as ``hosted_vllm/`` (DSPy's client sends ``max_tokens``,
+    which llama.cpp's server honours; ``openai/`` sends ``max_completion_tokens``), raw reference-format
+    messages (so the 135M model's free text is the answer), the optimizer in-process (its JSON grammar keeps proposals whole)."""
     url = f"http://127.0.0.1:{port}/v1"
     return [
         "train", "-c", "generated", "--set", "tasks.source=[gen_boolean]", f"task_lm.api_base={url}",
         "task_lm.max_tokens=256", "task_lm.num_retries=0", "task_lm.timeout=300",
-        "--task-model", "openai/smollm2", "--optimizer-model", "embedded", "--prompt-format", "reference",
+        "--task-model", "hosted_vllm/smollm2", "--optimizer-model", "embedded", "--prompt-format", "reference",
         "--iterations", "1", "--system-candidates", "1", "--user-candidates", "1", "--user-top-k", "1",
         "--train-size", "3", "--test-size", "2", "--threads", "1", "--quiet", "--log-dir", str(run_dir),
     ]  # fmt: skip
@@ -90,7 +91,7 @@ def test_train_against_llama_cpp_server_with_preflight(tmp_path):
     with llama_server(port, tmp_path / "server.log"):
         result = metaspo(*_train_args(port, tmp_path / "run"), cwd=tmp_path, timeout=900)
     assert result.returncode == 0, result.stderr
-    assert "preflight: task model openai/smollm2 ok" in result.stderr
+    assert "preflight: task model hosted_vllm/smollm2 ok" in result.stderr
     artifact = json.loads((tmp_path / "run" / "metaspo_run.json").read_text())
     assert artifact["complete"] is True and artifact["stopped"] is None
     phases = {p["phase"]: p["task_lm_calls"] for p in artifact["phases"]}
@@ -125,7 +126,7 @@ def test_a_server_killed_mid_run_stops_resumably_and_resume_completes(tmp_path):
     with llama_server(port, tmp_path / "server2.log"):
         resumed = metaspo("train", "--resume", str(run_dir), cwd=tmp_path, timeout=900)
     assert resumed.returncode == 0, resumed.stderr
-    assert "preflight: task model openai/smollm2 ok" in resumed.stderr
+    assert "preflight: task model hosted_vllm/smollm2 ok" in resumed.stderr
     artifact = json.loads((run_dir / "metaspo_run.json").read_text())
     assert artifact["complete"] is True
     nodes = [n for n in artifact["nodes"] if n["train_score"] is not None]

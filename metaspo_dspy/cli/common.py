@@ -63,8 +63,9 @@ def add_config_arguments(parser: argparse.ArgumentParser, *, search: bool) -> No
     models.add_argument("--optimizer-model", help="the model that writes prompts (optimizer_lm.model)")
     models.add_argument(
         "--engine",
-        choices=["litellm", "native"],
-        help="client for both models: litellm (default) or DSPy's native client (OpenAI-compatible servers)",
+        choices=["auto", "litellm", "native"],
+        help="client for both models: auto (default: DSPy's own client for OpenAI-compatible servers, LiteLLM "
+        "for other providers), litellm, or native (DSPy's own client)",
     )
     data = parser.add_argument_group("data")
     data.add_argument(

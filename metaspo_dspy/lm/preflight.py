@@ -67,15 +67,24 @@ def check_lm(value: Any, name: str) -> None:
     raise ModelConfigError(f"{name} must be a dspy.LM (a dspy.BaseLM), got {type(value).__name__} {value!r:.80}{hint}")
 
 
+def _connection(lm: Any) -> dict[str, Any]:
+    """An LM's client settings: its kwargs, or what its native engine holds (see lm.native)."""
+    from metaspo_dspy.lm.native import native_settings
+
+    return native_settings(lm) or getattr(lm, "kwargs", None) or {}
+
+
 def endpoint_of(lm: Any) -> str:
     """Where an LM's requests go, for messages: its ``api_base``, or the provider's default."""
-    base = (getattr(lm, "kwargs", None) or {}).get("api_base") or (getattr(lm, "kwargs", None) or {}).get("base_url")
+    connection = _connection(lm)
+    base = connection.get("api_base") or connection.get("base_url")
     return str(base) if base else "the provider's default endpoint"
 
 
 def _identity(lm: Any) -> tuple[Any, ...]:
-    kwargs = getattr(lm, "kwargs", None) or {}
-    return (type(lm), getattr(lm, "model", None), kwargs.get("api_base"), kwargs.get("api_key"))
+    connection = _connection(lm)
+    key = connection.get("api_key") or connection.get("api_key_env")
+    return (type(lm), getattr(lm, "model", None), connection.get("api_base"), key)
 
 
 def preflight(lms: Sequence[tuple[str, Any]]) -> list[PreflightResult]:

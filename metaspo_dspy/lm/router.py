@@ -44,7 +44,7 @@ def _deployment(settings: LMSettings, name: str) -> dict[str, Any]:
     local = _local_providers()
     if provider in local:
         local[provider]()
-    if settings.engine != "litellm":
+    if settings.engine == "native":
         raise ModelConfigError(f"router deployment {settings.model!r}: a router always uses engine='litellm'")
     params: dict[str, Any] = dict(settings.extra)
     params.pop("cache", None)

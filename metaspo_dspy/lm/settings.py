@@ -3,10 +3,14 @@
 Both LMs MetaSPO uses -- the *task LM* that answers the tasks and the *optimizer LM* that writes
 new prompts -- are described by an :class:`LMSettings` and built by :func:`build_lm`:
 
-* Calls go through **LiteLLM** by default (``dspy.LM(..., engine="litellm")``; DSPy 3.4 otherwise
-  sends openai/anthropic/... models through its own client). ``engine="native"`` selects DSPy's own
-  client (``engine="lm15"`` in DSPy terms) for the providers it serves (openai, hosted_vllm,
-  ollama_chat, anthropic, ...), e.g. an OpenAI-compatible server given by ``api_base``.
+* ``engine="auto"`` (the default) sends OpenAI-compatible endpoints (``openai/...``,
+  ``hosted_vllm/...``, any ``api_base`` speaking the OpenAI protocol) through DSPy's own HTTP client
+  with every attempt observed (:mod:`metaspo_dspy.lm.native`: a third of LiteLLM's client CPU per
+  call) and every other provider through **LiteLLM** (``dspy.LM(..., engine="litellm")``), which
+  reaches every provider. ``engine="litellm"`` forces LiteLLM; ``engine="native"`` forces DSPy's
+  client for the providers it serves (openai, hosted_vllm, ollama_chat, anthropic, ...) and fails
+  early for the others. Model strings are LiteLLM's on every engine, and retries, timeouts, fault
+  recording, usage and cost behave the same (DSPy's execution layer owns retries on both).
 * **API keys come from the environment only.** ``api_key_env`` names the variable; without it
   LiteLLM's conventions apply (``OPENAI_API_KEY``, ``ANTHROPIC_API_KEY``, ...). Settings never hold
   a key, so their ``repr``, :meth:`LMSettings.to_dict` and logs are safe, and ``extra`` refuses
@@ -35,8 +39,8 @@ from typing import Any, Literal
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
-Engine = Literal["litellm", "native"]
-ENGINES: tuple[str, ...] = ("litellm", "native")
+Engine = Literal["auto", "litellm", "native"]
+ENGINES: tuple[str, ...] = ("auto", "litellm", "native")
 #: Paper defaults.
 TASK_TEMPERATURE = 0.0
 OPTIMIZER_TEMPERATURE = 1.0
@@ -119,7 +123,8 @@ class LMSettings:
         api_key_env: name of the environment variable holding the API key (None: LiteLLM's
             default variable for the provider, e.g. ``OPENAI_API_KEY``).
         num_retries: retries on transient errors (rate limits, timeouts), with backoff.
-        engine: ``"litellm"`` (default) or ``"native"`` (DSPy's own client).
+        engine: ``"auto"`` (default: DSPy's own client for OpenAI-compatible endpoints, else
+            LiteLLM), ``"litellm"`` or ``"native"`` (DSPy's own client, observed).
         extra: further ``dspy.LM`` keyword arguments (``cache``, ``top_p``, ``seed``, ``stop``,
             ``model_type``, ...). No secrets: keys go through ``api_key_env``.
     """
@@ -130,7 +135,7 @@ class LMSettings:
     api_base: str | None = None
     api_key_env: str | None = None
     num_retries: int = 3
-    engine: Engine = "litellm"
+    engine: Engine = "auto"
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -311,21 +316,6 @@ def _api_key(settings: LMSettings, provider: str) -> str | None:
     )
 
 
-def _check_native(lm: Any, settings: LMSettings) -> None:
-    from dspy.clients.backend_selection import select_backend
-
-    try:
-        selection = select_backend(lm)
-    except Exception as exc:
-        raise ModelConfigError(
-            f"engine='native' cannot serve {settings.model!r} ({type(exc).__name__}: {exc}). DSPy's own "
-            "client covers openai/, hosted_vllm/, ollama_chat/, anthropic/, gemini/, groq/, ... models; "
-            "use engine='litellm' for the others"
-        ) from None
-    if not selection.native:  # pragma: no cover - select_backend raises for lm15 instead
-        raise ModelConfigError(f"engine='native' cannot serve {settings.model!r}; use engine='litellm'")
-
-
 # -- building --------------------------------------------------------------------------------------
 def build_lm(settings: LMSettings | Mapping[str, Any] | str, **overrides: Any):
     """Build the ``dspy.LM`` that ``settings`` describe (a mapping goes through
@@ -355,6 +345,7 @@ def build_lm(settings: LMSettings | Mapping[str, Any] | str, **overrides: Any):
     if provider in local:
         if settings.engine == "native":
             raise ModelConfigError(f"{settings.model!r} runs in-process through LiteLLM; use engine='litellm'")
+        settings = settings.replace(engine="litellm")
         local[provider]()  # registers it with LiteLLM (and checks the embedded extra)
     api_key = _api_key(settings, provider)
 
@@ -363,8 +354,14 @@ def build_lm(settings: LMSettings | Mapping[str, Any] | str, **overrides: Any):
         temperature=settings.temperature,
         max_tokens=settings.max_tokens,
         num_retries=settings.num_retries,
-        engine="lm15" if settings.engine == "native" else "litellm",
     )
+    if settings.engine != "litellm":
+        from metaspo_dspy.lm.native import build_native
+
+        lm = build_native(settings, provider, api_key, kwargs)
+        if lm is not None:
+            return lm
+    kwargs["engine"] = "litellm"
     if settings.api_base is not None:
         kwargs["api_base"] = settings.api_base
     if api_key is not None:
@@ -375,8 +372,6 @@ def build_lm(settings: LMSettings | Mapping[str, Any] | str, **overrides: Any):
         lm = dspy.LM(settings.model, **kwargs)
     except (ValueError, TypeError, LMConfigurationError) as exc:
         raise ModelConfigError(f"dspy.LM rejected the settings for {settings.model!r}: {exc}") from None
-    if settings.engine == "native":
-        _check_native(lm, settings)
     return lm
 
 
