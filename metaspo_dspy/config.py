@@ -47,7 +47,7 @@ Schema (defaults are the paper's; all keys optional unless stated)::
       max_tokens: null
       api_base: null            # e.g. http://localhost:8000/v1
       api_key_env: null         # NAME of the environment variable holding the key
-      engine: auto              # auto (DSPy's own client for OpenAI-compatible servers, else LiteLLM) | litellm | native
+      engine: auto              # auto (DSPy's client for OpenAI-compatible servers, else LiteLLM) | litellm | native
       num_retries: 3            # retries with backoff on transient errors
       timeout: null             # seconds per request before it is retried (null: the client's default)
     optimizer_lm:               # the model that proposes prompts

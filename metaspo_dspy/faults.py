@@ -52,7 +52,11 @@ def classify(exc: BaseException | None) -> str:
         return "connection"
     if name == "RateLimitError" or status == 429:
         return "rate_limit"
-    if (isinstance(status, int) and status >= 500) or name in ("InternalServerError", "ServiceUnavailableError", "ServerError"):
+    if (isinstance(status, int) and status >= 500) or name in (
+        "InternalServerError",
+        "ServiceUnavailableError",
+        "ServerError",
+    ):
         return f"http_{status}" if isinstance(status, int) else "http_5xx"
     if "connection" in name.lower() or "connection" in text:
         return "connection"

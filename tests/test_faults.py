@@ -90,14 +90,18 @@ def test_after_a_stop_the_run_resumes_and_counts_every_processs_faults(data_dir,
     train = {"ob_gyn": load_examples(data_dir, "medmcqa", "ob_gyn", 4)}
     settings = dict(num_iterations=1, num_system_candidates=1, num_user_candidates=1, progress=False)
     with mock_server("--error-rate", "1.0", "--latency", "0") as url, pytest.raises(TooManyFailures):
-        MetaSPO(exact_metric, _lm(url, 1.0, 1, engine), _lm(url, 0.0, 1, engine), log_dir=tmp_path / "run", **settings).compile(
-            dspy.Predict(SIG), trainsets=train
-        )
+        MetaSPO(
+            exact_metric, _lm(url, 1.0, 1, engine), _lm(url, 0.0, 1, engine), log_dir=tmp_path / "run", **settings
+        ).compile(dspy.Predict(SIG), trainsets=train)
     first = Counter(json.loads(line)["kind"] for line in (tmp_path / "run" / "faults.jsonl").read_text().splitlines())
     assert first == Counter({"http_500": 4 * 2})  # 4 examples, each tried 1 + num_retries times
     with mock_server("--garbage-rate", "0.3", "--latency", "0", "--seed", "1") as url:
         best = MetaSPO(
-            exact_metric, _lm(url, 1.0, 1, engine), _lm(url, 0.0, 1, engine), log_dir=tmp_path / "run", resume=True,
+            exact_metric,
+            _lm(url, 1.0, 1, engine),
+            _lm(url, 0.0, 1, engine),
+            log_dir=tmp_path / "run",
+            resume=True,
             **settings,
         ).compile(dspy.Predict(SIG), trainsets=train)
     recorded = Counter(

@@ -19,8 +19,8 @@ from metaspo_dspy.lm import (
     is_embedded,
     resolve_provider,
 )
-from metaspo_dspy.lm.native import NativeEngine, native_settings
 from metaspo_dspy.lm import embedded_model as embedded_module  # where the extra is located
+from metaspo_dspy.lm.native import NativeEngine, native_settings
 
 SECRET = "sk-test-DO-NOT-LEAK-1234567890"
 KEY_VARS = ["OPENAI_API_KEY", "ANTHROPIC_API_KEY", "TOGETHERAI_API_KEY", "TOGETHER_AI_API_KEY", "GROQ_API_KEY"]
@@ -201,7 +201,9 @@ def test_openai_compatible_server_without_key():
     lm = build_lm(LMSettings("openai/my-served-model", api_base="http://localhost:8000/v1", engine="litellm"))
     assert lm.kwargs["api_base"] == "http://localhost:8000/v1"
     assert lm.kwargs["api_key"] == "EMPTY"  # placeholder: the OpenAI client refuses to send none
-    lm = build_lm(LMSettings("hosted_vllm/Qwen/Qwen2.5-7B-Instruct", api_base="http://localhost:8000/v1", engine="litellm"))
+    lm = build_lm(
+        LMSettings("hosted_vllm/Qwen/Qwen2.5-7B-Instruct", api_base="http://localhost:8000/v1", engine="litellm")
+    )
     assert "api_key" not in lm.kwargs
     for model in ("openai/my-served-model", "hosted_vllm/Qwen/Qwen2.5-7B-Instruct"):  # the default engine
         served = native_settings(build_lm(LMSettings(model, api_base="http://localhost:8000/v1")))

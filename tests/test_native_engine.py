@@ -31,7 +31,7 @@ def capture() -> Iterator[tuple[str, list[tuple[dict, bytes]]]]:
     seen: list[tuple[dict, bytes]] = []
 
     class Handler(BaseHTTPRequestHandler):
-        def do_POST(self):  # noqa: N802 - http.server's naming
+        def do_POST(self):
             body = self.rfile.read(int(self.headers["content-length"]))
             seen.append((dict(self.headers), body))
             reply = {
@@ -71,13 +71,22 @@ def _ask(lm) -> tuple[str, dict]:
 @pytest.mark.parametrize("model", ["openai/served", "hosted_vllm/served"])
 def test_native_sends_what_dspys_own_client_sends(model):
     with capture() as (url, seen):
-        stock = dspy.LM(model, api_base=url, api_key="EMPTY", engine="lm15", cache=False, max_tokens=64, stop=["##"], temperature=0.0)
+        stock = dspy.LM(
+            model,
+            api_base=url,
+            api_key="EMPTY",
+            engine="lm15",
+            cache=False,
+            max_tokens=64,
+            stop=["##"],
+            temperature=0.0,
+        )
         ours = build_lm(LMSettings(model, api_base=url, max_tokens=64, extra={"cache": False, "stop": ["##"]}))
         assert isinstance(ours.engine, NativeEngine)  # the default engine for an OpenAI-compatible server
         stock_answer, stock_usage = _ask(stock)
         our_answer, our_usage = _ask(ours)
     (stock_headers, stock_body), (our_headers, our_body) = seen
-    assert our_body == stock_body and b"_tokens\":64" in our_body
+    assert our_body == stock_body and b'_tokens":64' in our_body
     assert {k: v for k, v in our_headers.items() if k != "Host"} == {
         k: v for k, v in stock_headers.items() if k != "Host"
     }

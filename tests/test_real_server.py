@@ -75,7 +75,8 @@ def llama_server(port: int, log: Path):
 def _train_args(port: int, run_dir: Path) -> list[str]:
     """A tiny run: the task model behind the server as ``hosted_vllm/`` (DSPy's client sends ``max_tokens``,
     which llama.cpp's server honours; ``openai/`` sends ``max_completion_tokens``), raw reference-format
-    messages (so the 135M model's free text is the answer), the optimizer in-process (its JSON grammar keeps proposals whole)."""
+    messages (so the 135M model's free text is the answer), the optimizer in-process (its JSON grammar
+    keeps proposals whole)."""
     url = f"http://127.0.0.1:{port}/v1"
     return [
         "train", "-c", "generated", "--set", "tasks.source=[gen_boolean]", f"task_lm.api_base={url}",

@@ -208,9 +208,7 @@ def native_lm(
     max_tokens, num_retries, cache, ... -- everything but the connection, which the engine owns)."""
     import dspy
 
-    connection = dict(
-        api_base=api_base, api_key_env=api_key_env, placeholder_key=placeholder_key, timeout=timeout
-    )
+    connection = dict(api_base=api_base, api_key_env=api_key_env, placeholder_key=placeholder_key, timeout=timeout)
     return dspy.LM(
         model, engine=NativeEngine(model, **connection), async_engine=AsyncNativeEngine(model, **connection), **kwargs
     )
