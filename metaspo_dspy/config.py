@@ -15,7 +15,8 @@ Schema (defaults are the paper's; all keys optional unless stated)::
 
     method: metaspo             # metaspo | outer_loop | metaspo_ape | sprig | protegi | ape | none
     seed: 42                    # run seed (train shuffle, optimizer sampling)
-    num_threads: 16             # parallel task-LM calls
+    num_threads: 16             # parallel task-LM calls (over all processes)
+    num_processes: 1            # client processes for evaluation grids (2+: for a fast server; not embedded)
     initial_system_prompt: "You are a helpful assistant."
     tasks:
       source: [beauty, game]    # meta-train tasks: required, non-empty (task names or aliases)

@@ -58,6 +58,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
 RANGES: dict[str, Range] = {
     "seed": _at_least(0),
     "num_threads": _at_least(1),
+    "num_processes": _at_least(1),
     "data.train_size": _at_least(1),
     "data.test_size": _at_least(0),
     "search.num_iterations": _at_least(1),

@@ -104,6 +104,7 @@ class RunConfig:
     method: str = "metaspo"
     seed: int = 42
     num_threads: int = 16
+    num_processes: int = 1
     initial_system_prompt: str = "You are a helpful assistant."
     tasks: TasksConfig = field(default_factory=TasksConfig)
     data: DataConfig = field(default_factory=DataConfig)

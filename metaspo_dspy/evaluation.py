@@ -203,6 +203,24 @@ def _compact(calls: list[LMCall]) -> list[LMCall]:
     return [LMCall(c.predictor, [{"role": "user", "content": _last_user(c.messages)}], c.completion) for c in calls]
 
 
+def run_item(job: EvalJob, names: dict[int, str], example: dspy.Example, task_lm: Any, adapter: Any) -> _Raw:
+    """Run ``job``'s program on one example under its system prompt; never raises for LM faults."""
+    recorder = CallRecorder(predictor_names=names)
+    overrides: dict[str, Any] = {"trace": [], "metaspo_recorder": recorder}
+    if task_lm is not None:
+        overrides["lm"] = task_lm
+    # A nested dspy.track_usage(): this item's tokens are counted here and rolled up into any
+    # tracker the caller opened around compile() (DSPy's own mechanism).
+    with dspy.track_usage() as tracker:
+        try:
+            with system_prompt_scope(job.system_prompt, job.instructions_in, adapter, **overrides):
+                prediction = job.program(**example.inputs())
+            return _Raw(prediction, None, _compact(recorder.calls), token_counts(tracker))
+        except Exception as exc:
+            error = redact(f"{type(exc).__name__}: {exc}")[:2000]
+            return _Raw(None, error, _compact(recorder.calls), token_counts(tracker))
+
+
 class GridEvaluator:
     """Scores many nodes at once with one thread pool.
 
@@ -210,8 +228,11 @@ class GridEvaluator:
         task_lm: default LM for predictors without their own (None: ``dspy.settings.lm``).
         adapter: base adapter (None: the configured adapter, else ChatAdapter); the system prompt
             of each job is added on top of it.
-        num_threads: concurrent program runs.
+        num_threads: concurrent program runs (over all processes).
         progress: show a tqdm bar per :meth:`evaluate` call.
+        num_processes: client processes (1: this one). With K > 1 each grid's program runs go to K
+            worker processes (:mod:`metaspo_dspy.processes`; results, faults and usage come back,
+            this process alone journals); :meth:`close` stops them.
 
     Contract: :meth:`evaluate` never raises for a failed LM call, an empty or truncated answer, or a
     parse failure (the example scores 0 and carries the redacted error, so it counts as a failure);
@@ -226,9 +247,14 @@ class GridEvaluator:
         num_threads: int = 16,
         progress: bool = True,
         journal: Journal | None = None,
+        num_processes: int = 1,
     ):
         if num_threads < 1:
             raise ValueError(f"num_threads must be >= 1, got {num_threads}")
+        if num_processes < 1:
+            raise ValueError(f"num_processes must be >= 1, got {num_processes}")
+        self.num_processes = num_processes
+        self._processes: Any = None
         self.task_lm = task_lm
         self.adapter = adapter
         self.num_threads = num_threads
@@ -237,22 +263,6 @@ class GridEvaluator:
         self._memo: dict[str, _Raw] = {}
         self._lock = threading.Lock()
         self.requests = 0  # program runs that were not served from the memo or the journal
-
-    def _run_one(self, job: EvalJob, names: dict[int, str], example: dspy.Example) -> _Raw:
-        recorder = CallRecorder(predictor_names=names)
-        overrides: dict[str, Any] = {"trace": [], "metaspo_recorder": recorder}
-        if self.task_lm is not None:
-            overrides["lm"] = self.task_lm
-        # A nested dspy.track_usage(): this item's tokens are counted here and rolled up into any
-        # tracker the caller opened around compile() (DSPy's own mechanism).
-        with dspy.track_usage() as tracker:
-            try:
-                with system_prompt_scope(job.system_prompt, job.instructions_in, self.adapter, **overrides):
-                    prediction = job.program(**example.inputs())
-                return _Raw(prediction, None, _compact(recorder.calls), token_counts(tracker))
-            except Exception as exc:
-                error = redact(f"{type(exc).__name__}: {exc}")[:2000]
-                return _Raw(None, error, _compact(recorder.calls), token_counts(tracker))
 
     def evaluate(self, jobs: Sequence[EvalJob], desc: str = "evaluate") -> list[NodeEval]:
         """Score every job; results in job order."""
@@ -283,13 +293,57 @@ class GridEvaluator:
         seen: set[str] = set(cached)
         return [self._score(job, per_job[j], raws, seen) for j, job in enumerate(jobs)]
 
+    def close(self) -> None:
+        """Stop the worker processes, if any (a later grid starts them again)."""
+        if self._processes is not None:
+            self._processes.close()
+            self._processes = None
+
+    def check_processes(self, jobs: Sequence[EvalJob]) -> None:
+        """Raise :class:`~metaspo_dspy.processes.ProcessError` if ``jobs`` cannot run in worker
+        processes (a no-op with one process); call it before paying for any LM call."""
+        if self.num_processes > 1:
+            from metaspo_dspy.processes import ProcessGrid
+
+            ProcessGrid(self.num_processes, self.num_threads).payload(
+                jobs, [{} for _ in jobs], self.task_lm, self.adapter
+            )
+
+    def _collect(self, key: str, raw: _Raw, raws: dict[str, _Raw], bar: Any) -> None:
+        raws[key] = raw
+        self.journal.put(key, raw.to_json())
+        with self._lock:
+            self._memo[key] = raw
+            self.requests += 1
+        if bar is not None:
+            bar.update(1)
+
+    def _run_in_processes(self, todo, jobs, names_per_job, raws, desc) -> None:
+        from metaspo_dspy.processes import ProcessGrid
+
+        if self._processes is None:
+            self._processes = ProcessGrid(self.num_processes, self.num_threads)
+        payload = self._processes.payload(jobs, names_per_job, self.task_lm, self.adapter)
+        items = [(key, j, i) for key, (j, i) in todo.items()]
+        bar = _progress(len(todo), desc) if self.progress else None
+        try:
+            for key, raw in self._processes.run(payload, items):
+                self._collect(key, raw, raws, bar)
+        finally:
+            if bar is not None:
+                bar.close()
+
     def _run_all(self, todo, jobs, names_per_job, raws, desc) -> None:
         if not todo:
+            return
+        if self.num_processes > 1:
+            self._run_in_processes(todo, jobs, names_per_job, raws, desc)
             return
 
         def work(key: str) -> tuple[str, _Raw]:
             j, i = todo[key]
-            return key, self._run_one(jobs[j], names_per_job[j], jobs[j].examples[i])
+            job = jobs[j]
+            return key, run_item(job, names_per_job[j], job.examples[i], self.task_lm, self.adapter)
 
         bar = _progress(len(todo), desc) if self.progress else None
         pool = ThreadPoolExecutor(max_workers=min(self.num_threads, len(todo)))
@@ -297,13 +351,7 @@ class GridEvaluator:
             futures = [pool.submit(contextvars.copy_context().run, work, key) for key in todo]
             for future in as_completed(futures):
                 key, raw = future.result()
-                raws[key] = raw
-                self.journal.put(key, raw.to_json())
-                with self._lock:
-                    self._memo[key] = raw
-                    self.requests += 1
-                if bar is not None:
-                    bar.update(1)
+                self._collect(key, raw, raws, bar)
         except BaseException:
             # Ctrl-C or a bug: drop queued items at once (finished ones are already journaled).
             pool.shutdown(wait=False, cancel_futures=True)

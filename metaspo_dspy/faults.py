@@ -74,9 +74,13 @@ class FaultLog:
     unreadable lines are skipped), so after a resume they count every process's faults.
     """
 
-    def __init__(self, path: str | Path | None = None):
+    def __init__(self, path: str | Path | None = None, keep: bool = False):
         self.path = Path(path) if path is not None else None
         self.counts: Counter[str] = Counter()
+        #: With ``keep``: every fault seen, as (kind, model, redacted message) -- what a worker
+        #: process sends back to the parent (see :mod:`metaspo_dspy.processes`).
+        self.entries: list[tuple[str, str | None, str]] = []
+        self._keep = keep
         self._lock = threading.Lock()
         self._handle = None
 
@@ -119,6 +123,8 @@ class FaultLog:
         entry = {"t": round(time.time(), 4), "kind": kind, "model": model, "message": redact(message)[:300]}
         with self._lock:
             self.counts[kind] += 1
+            if self._keep:
+                self.entries.append((kind, model, entry["message"]))
             if self.path is not None:
                 if self._handle is None:
                     self.path.parent.mkdir(parents=True, exist_ok=True)

@@ -18,6 +18,7 @@ FLAG_KEYS = {
     "method": "method",
     "seed": "seed",
     "threads": "num_threads",
+    "processes": "num_processes",
     "iterations": "search.num_iterations",
     "system_candidates": "search.num_system_candidates",
     "user_candidates": "search.num_user_candidates",
@@ -78,6 +79,11 @@ def add_config_arguments(parser: argparse.ArgumentParser, *, search: bool) -> No
     data.add_argument("--test-size", type=int, help="test examples per task (paper: 500)")
     run = parser.add_argument_group("run")
     run.add_argument("--threads", type=int, help="concurrent task-model calls (default 16)")
+    run.add_argument(
+        "--processes",
+        type=int,
+        help="client processes for evaluation grids (default 1; 2+ uses more cores for a fast model server)",
+    )
     run.add_argument("--seed", type=int, help="run seed (default 42)")
     run.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
     add_common_flags(run)

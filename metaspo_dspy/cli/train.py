@@ -74,6 +74,7 @@ def add_parser(subparsers) -> None:
 _RESUME_OK = {
     "resume",
     "threads",
+    "processes",
     "quiet",
     "verbose",
     "handler",
@@ -102,7 +103,7 @@ def _config(args: argparse.Namespace) -> tuple[RunConfig, Path, bool]:
         names = ", ".join("--" + k.replace("_", "-") for k in given) or "--config/--set"
         raise ConfigError(
             f"--resume uses the run's recorded settings; drop {names} "
-            "(only --threads/--quiet/--max-lm-calls/--max-cost/--no-preflight may change)"
+            "(only --threads/--processes/--quiet/--max-lm-calls/--max-cost/--no-preflight may change)"
         )
     saved = args.resume / "config.json"
     if not saved.exists():
@@ -111,6 +112,7 @@ def _config(args: argparse.Namespace) -> tuple[RunConfig, Path, bool]:
     overrides = [f"{k}={json.dumps(v)}" for k, v in _flat(data).items() if k != "sources"]
     for flag, key in (
         ("threads", "num_threads"),
+        ("processes", "num_processes"),
         ("max_lm_calls", "budget.max_lm_calls"),
         ("max_cost", "budget.max_cost"),
     ):
@@ -264,6 +266,7 @@ def _optimizer(config: RunConfig, models, run_dir: Path, resume: bool, quiet: bo
         adapter=models.task_adapter,
         optimizer_adapter=models.optimizer_adapter,
         num_threads=models.threads(config.num_threads),
+        num_processes=config.num_processes,
         seed=config.seed,
         log_dir=run_dir,
         resume=resume,

@@ -70,7 +70,12 @@ class MetaSPO(Teleprompter):
             -- or an instance; None: the wrapped programs' adapter, else the configured adapter,
             else ChatAdapter).
         optimizer_adapter: adapter for optimizer calls (None: the configured one).
-        num_threads: concurrent task-LM calls in an evaluation grid.
+        num_threads: concurrent task-LM calls in an evaluation grid (over all processes).
+        num_processes: client processes for the evaluation grids (1: this one). With K > 1 each grid
+            runs in K worker processes with ``num_threads / K`` threads each, so a fast model server
+            gets more than one core's worth of requests (:mod:`metaspo_dspy.processes`); results
+            are identical. The LMs must be rebuildable there (``dspy.LM`` or ``build_lm``; not the
+            embedded model) and callbacks picklable, else a :class:`ConfigError` before any call.
         seed: every random draw derives from it.
         num_wrong_user, num_wrong_system: wrong examples shown per user proposal (3) and per task
             for a system proposal (2).
@@ -118,6 +123,7 @@ class MetaSPO(Teleprompter):
         adapter: Any = None,
         optimizer_adapter: Any = None,
         num_threads: int = 16,
+        num_processes: int = 1,
         seed: int = 42,
         num_wrong_user: int = 3,
         num_wrong_system: int = 2,
@@ -169,6 +175,7 @@ class MetaSPO(Teleprompter):
         self.adapter = make_adapter(adapter)
         self.optimizer_adapter = make_adapter(optimizer_adapter)
         self.num_threads = _positive("num_threads", num_threads)
+        self.num_processes = _positive("num_processes", num_processes)
         self.seed = seed
         self.num_wrong_user = _positive("num_wrong_user", num_wrong_user)
         self.num_wrong_system = _positive("num_wrong_system", num_wrong_system)
@@ -252,6 +259,13 @@ class MetaSPO(Teleprompter):
                 f"max_lm_calls={self.budget.max_lm_calls} does not cover even the initial evaluation "
                 f"({initial} calls); raise the budget or use fewer train examples"
             )
+        if self.num_processes > 1:
+            from metaspo_dspy.processes import ProcessError, check_run
+
+            try:
+                check_run(self.task_lm, [task.program for task in tasks.values()])
+            except ProcessError as exc:
+                raise ConfigError(str(exc)) from None
         if self.preflight:
             for result in preflight([("task", self.task_lm or dspy.settings.lm), ("optimizer", self.optimizer_lm)]):
                 logger.info("preflight: %s", result.describe())

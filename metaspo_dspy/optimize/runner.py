@@ -35,7 +35,7 @@ class SearchRun(SearchBase):
     """A teleprompter's run over ``tasks`` with the settings of ``owner`` (the teleprompter).
 
     ``owner`` provides ``task_lm``, ``optimizer_lm``, ``adapter``, ``optimizer_adapter``,
-    ``num_threads``, ``progress``, ``seed``, ``max_prompt_chars``, ``instructions_in``,
+    ``num_threads``, ``num_processes``, ``progress``, ``seed``, ``max_prompt_chars``, ``instructions_in``,
     ``log_dir``, ``resume``, ``phase_callback``, ``max_failure_share``, ``budget`` and ``method``;
     ``settings`` is what shapes the results (compared on resume).
     """
@@ -49,6 +49,7 @@ class SearchRun(SearchBase):
             owner.num_threads,
             owner.progress,
             journal=self.run_dir.evaluations if self.run_dir else None,
+            num_processes=owner.num_processes,
         )
         proposer = Proposer(
             owner.optimizer_lm,
@@ -108,6 +109,7 @@ class SearchRun(SearchBase):
                     state = self.state
                 return self.result(state)
         finally:
+            self.evaluator.close()
             if self.run_dir is not None:
                 self.run_dir.close()
 
