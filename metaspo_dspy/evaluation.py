@@ -17,9 +17,6 @@ that stopped because its model failed is resumed to ask those items again.
 from __future__ import annotations
 
 import contextvars
-import hashlib
-import json
-import re
 import threading
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
@@ -29,7 +26,8 @@ from typing import Any
 import dspy
 from dspy.utils.usage_tracker import UsageTracker
 
-from metaspo_dspy.adapters import adapter_name, message_text
+from metaspo_dspy.adapters import message_text
+from metaspo_dspy.digests import _jsonable, item_key, job_digest, lm_identity, program_state  # noqa: F401 - re-exported
 from metaspo_dspy.journal import Journal
 from metaspo_dspy.metrics import Metric, TaskMetric, is_wrong, score_example, task_score
 from metaspo_dspy.recorder import CallRecorder, LMCall
@@ -95,73 +93,6 @@ class NodeEval:
     @property
     def failures(self) -> int:
         return sum(1 for r in self.results if r.error is not None)
-
-
-_SECRET_OR_ENDPOINT = re.compile(r"key|token|secret|password|auth|header|api_base|base_url", re.IGNORECASE)
-
-
-def lm_identity(lm: Any) -> dict[str, Any]:
-    """An LM's model and generation settings, without secrets or endpoints (safe to store)."""
-    if lm is None:
-        return {}
-    kwargs = {k: v for k, v in getattr(lm, "kwargs", {}).items() if not _SECRET_OR_ENDPOINT.search(k)}
-    return {"model": getattr(lm, "model", type(lm).__name__), "kwargs": _jsonable(kwargs)}
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, dspy.Example):
-        return {k: _jsonable(v) for k, v in value.items()}
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, (str, int, float, bool)) or value is None:
-        return value
-    if hasattr(value, "model_dump"):
-        return value.model_dump(mode="json")
-    return repr(value)
-
-
-def program_state(program: dspy.Module) -> list[Any]:
-    """Everything in a program that shapes its requests: each predictor's signature, demos, LM."""
-    state = []
-    for name, predictor in program.named_predictors():
-        signature = predictor.signature
-        state.append(
-            {
-                "name": name,
-                "instructions": signature.instructions,
-                "fields": [
-                    [n, str(f.annotation), f.json_schema_extra.get("prefix"), f.json_schema_extra.get("desc")]
-                    for n, f in signature.fields.items()
-                ],
-                "demos": _jsonable(list(predictor.demos)),
-                "lm": lm_identity(predictor.lm),
-                "config": _jsonable(predictor.config),
-            }
-        )
-    return state
-
-
-def job_digest(task_lm: Any, adapter: Any, job: EvalJob, program_fingerprint: list[Any] | None = None) -> str:
-    """A digest of everything in a job that shapes its requests: task LM, adapter, system prompt and
-    placement, every predictor's instructions, fields, demos, LM and config."""
-    payload = {
-        "task_lm": lm_identity(task_lm),
-        "adapter": adapter_name(adapter),
-        "system_prompt": job.system_prompt,
-        "instructions_in": job.instructions_in,
-        "program": program_fingerprint if program_fingerprint is not None else program_state(job.program),
-        "program_type": type(job.program).__qualname__,
-    }
-    text = json.dumps(payload, sort_keys=True, ensure_ascii=False, default=repr)
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
-
-
-def item_key(digest: str, example: dspy.Example) -> str:
-    """The key of one (job, example) evaluation: equal keys, identical requests."""
-    text = digest + json.dumps(_jsonable(example), sort_keys=True, ensure_ascii=False, default=repr)
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 @dataclass
