@@ -34,7 +34,7 @@ def mock_server(*args: str):
     return running(*args)
 
 
-def mock_lm(url: str, engine: str = "litellm", temperature: float = 0.0):
+def mock_lm(url: str, engine: str = "auto", temperature: float = 0.0):
     """An LM for the mock server built by ``metaspo_dspy.lm.build_lm``, as the CLI builds it (no cache;
     a 30 s request timeout, so a lost request is retried instead of stalling a grid for LiteLLM's
     default 600 s)."""

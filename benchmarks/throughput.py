@@ -1,6 +1,7 @@
 """Throughput: achieved calls/s over the ideal (concurrency / latency) against a 100 ms mock model.
 
-Compares, for each engine (LiteLLM, DSPy's native client) and concurrency (1, 8, 32, 64):
+Compares, for each engine (LiteLLM; DSPy's native client, the default for OpenAI-compatible servers)
+and concurrency (1, 8, 32, 64), plus the native engine over two client processes at 32 and 64:
   * our grid evaluator (``metaspo_dspy.evaluation.GridEvaluator``, the path ``compile`` uses,
     system-prompt adapter and journaling included),
   * ``dspy.Evaluate`` with the same program and number of threads,
@@ -34,15 +35,18 @@ def metric(example, prediction, trace=None) -> bool:
     return True
 
 
-def ours(lm, concurrency: int, n: int, tag: str) -> float:
+def ours(lm, concurrency: int, n: int, tag: str, processes: int = 1) -> float:
     from metaspo_dspy.evaluation import EvalJob, GridEvaluator
 
-    evaluator = GridEvaluator(task_lm=lm, num_threads=concurrency, progress=False)
-    examples = _examples(tag, n + concurrency)
-    evaluator.evaluate([EvalJob("t", _program(), "Be brief.", "user", examples[:concurrency], metric)])  # warm up
-    start = time.perf_counter()
-    evaluator.evaluate([EvalJob("t", _program(), "Be brief.", "user", examples[concurrency:], metric)])
-    return n / (time.perf_counter() - start)
+    evaluator = GridEvaluator(task_lm=lm, num_threads=concurrency, progress=False, num_processes=processes)
+    examples = _examples(tag, n + 2 * concurrency)
+    try:  # warm up (and start the worker processes)
+        evaluator.evaluate([EvalJob("t", _program(), "Be brief.", "user", examples[: 2 * concurrency], metric)])
+        start = time.perf_counter()
+        evaluator.evaluate([EvalJob("t", _program(), "Be brief.", "user", examples[2 * concurrency :], metric)])
+        return n / (time.perf_counter() - start)
+    finally:
+        evaluator.close()
 
 
 def dspy_evaluate(lm, concurrency: int, n: int, tag: str) -> float:
@@ -88,15 +92,35 @@ def main() -> None:
                 ours_rate = ours(lm, concurrency, n, f"ours-{engine}-{concurrency}")
                 evaluate_rate = dspy_evaluate(lm, concurrency, n, f"eval-{engine}-{concurrency}")
                 row = {
-                    "engine": engine, "concurrency": concurrency, "calls": n, "ideal_calls_per_s": ideal,
+                    "engine": engine, "processes": 1, "concurrency": concurrency, "calls": n, "ideal_calls_per_s": ideal,
                     "ours_calls_per_s": ours_rate, "dspy_evaluate_calls_per_s": evaluate_rate,
                     "sequential_calls_per_s": seq,
                 }  # fmt: skip
                 results.append(row)
-                rows.append([engine, concurrency, ours_rate, ours_rate / ideal, evaluate_rate / ideal, seq / ideal])
+                rows.append([engine, 1, concurrency, ours_rate, ours_rate / ideal, evaluate_rate / ideal, seq / ideal])
                 print(rows[-1], flush=True)
+        lm = mock_lm(url, "native")
+        for concurrency in [c for c in levels if c >= 32]:
+            n = max(per_level * concurrency, 20)
+            ideal = concurrency / args.latency
+            rate = ours(lm, concurrency, n, f"ours-2p-{concurrency}", processes=2)
+            results.append({
+                "engine": "native", "processes": 2, "concurrency": concurrency, "calls": n,
+                "ideal_calls_per_s": ideal, "ours_calls_per_s": rate,
+            })  # fmt: skip
+            rows.append(["native", 2, concurrency, rate, rate / ideal, "-", "-"])
+            print(rows[-1], flush=True)
     table = markdown(
-        rows, ["engine", "concurrency", "ours calls/s", "ours / ideal", "dspy.Evaluate / ideal", "sequential / ideal"]
+        rows,
+        [
+            "engine",
+            "processes",
+            "concurrency",
+            "ours calls/s",
+            "ours / ideal",
+            "dspy.Evaluate / ideal",
+            "sequential / ideal",
+        ],  # fmt: skip
     )
     save("throughput", {"latency_s": args.latency, "quick": args.quick, "rows": results}, table)
 

@@ -129,6 +129,8 @@ class ProcessGrid:
         self.threads = max(1, math.ceil(num_threads / num_processes))
         self._executor: ProcessPoolExecutor | None = None
         self._grids = 0
+        #: CPU seconds each worker process (by pid) had used at its last chunk (benchmarks read it).
+        self.worker_cpu: dict[int, float] = {}
 
     def _pool(self) -> ProcessPoolExecutor:
         if self._executor is None:
@@ -183,7 +185,8 @@ class ProcessGrid:
         tracker = dspy.settings.usage_tracker
         try:
             for future in as_completed(futures):
-                results, seen, usage = pickle.loads(future.result())
+                results, seen, usage, (pid, cpu) = pickle.loads(future.result())
+                self.worker_cpu[pid] = cpu
                 for kind, model, message in seen:
                     faults.report(kind, model, message)
                 if tracker is not None:
@@ -200,6 +203,17 @@ class ProcessGrid:
         if self._executor is not None:
             self._executor.shutdown(wait=True, cancel_futures=True)
             self._executor = None
+            _FINISHED_CPU.append(sum(self.worker_cpu.values()))
+            self.worker_cpu = {}
+
+
+_FINISHED_CPU: list[float] = []
+
+
+def worker_cpu_seconds() -> float:
+    """CPU seconds used by the worker processes of every closed :class:`ProcessGrid` of this process
+    (startup included), for measurements: a process's own CPU time does not include them."""
+    return sum(_FINISHED_CPU)
 
 
 def _names_by_path(program: dspy.Module, names: dict[int, str]) -> list[str]:
@@ -302,4 +316,6 @@ def _run_chunk(grid: str, payload: bytes, items: list[tuple[str, int, int]]):
         seen = list(log.entries)
     import cloudpickle  # predictions may hold dynamically made signatures, which pickle cannot name
 
-    return cloudpickle.dumps((results, seen, usage))
+    import time
+
+    return cloudpickle.dumps((results, seen, usage, (os.getpid(), time.process_time())))

@@ -118,3 +118,18 @@ def test_async_calls_work_from_several_event_loops():
 
         assert asyncio.run(ask()) == asyncio.run(ask()) == "42"
     assert len(seen) == 2
+
+
+@pytest.mark.parametrize("model", ["openai/gpt-4o-mini", "hosted_vllm/served"])
+def test_capabilities_are_those_of_dspys_native_route(model, monkeypatch):
+    """DSPy asks a custom engine what the model can do (structured outputs for JSONAdapter, which
+    parameters such as ``seed`` may be sent): the answers must be those of the stock route."""
+    from dspy.clients.capabilities import capabilities
+
+    monkeypatch.setenv("OPENAI_API_KEY", SECRET)
+    stock = dspy.LM(model, engine="lm15", api_base="http://localhost:9/v1", api_key="EMPTY")
+    ours = build_lm(LMSettings(model, api_base="http://localhost:9/v1"))
+    assert isinstance(ours.engine, NativeEngine)
+    assert capabilities(ours) == capabilities(stock)
+    assert ours.supported_params == stock.supported_params and "seed" in ours.supported_params
+    assert ours.supports_response_schema == stock.supports_response_schema

@@ -36,9 +36,11 @@ from metaspo_dspy import faults
 
 
 def _router_config(model: str, api_base: str | None, api_key: str | None, timeout: Any):
-    """The lm15 router configuration DSPy builds for ``model`` (see dspy.clients.execution)."""
+    """The lm15 router configuration DSPy builds for ``model`` (see dspy.clients.execution), and
+    what DSPy's native route reports the model can do (a custom engine must declare it itself)."""
     import dspy
     from dspy.clients.backend_selection import select_backend
+    from dspy.clients.capabilities import capabilities
     from dspy.clients.engines.lm15_engine import timeouts_for
     from dspy.lm15 import RouterConfig
 
@@ -49,13 +51,15 @@ def _router_config(model: str, api_base: str | None, api_key: str | None, timeou
         clients["api_key"] = api_key
     if timeout is not None:
         clients["timeout"] = timeout
-    selection = select_backend(dspy.LM(model, engine="lm15", **clients))
+    stock = dspy.LM(model, engine="lm15", **clients)
+    selection = select_backend(stock)
     provider = selection.resolution.provider
-    return RouterConfig(
+    config = RouterConfig(
         api_keys={provider: api_key} if api_key is not None else None,
         base_urls={provider: api_base} if api_base else None,
         timeouts=timeouts_for(timeout),
     )
+    return config, capabilities(stock)
 
 
 class NativeEngine:
@@ -83,7 +87,13 @@ class NativeEngine:
         self.api_key_env = api_key_env
         self.placeholder_key = placeholder_key
         self.timeout = timeout
-        self._config = _router_config(model, api_base, self._key(), timeout)
+        self._config, found = _router_config(model, api_base, self._key(), timeout)
+        # Read by DSPy (dspy.clients.capabilities) for a custom engine: what adapters may use, e.g.
+        # structured outputs, and which parameters (``seed``) callers may send.
+        self.supports_function_calling = bool(found.function_calling)
+        self.supports_reasoning = bool(found.reasoning)
+        self.supports_response_schema = bool(found.response_schema)
+        self.supported_params = frozenset(found.params)
         self._lock = threading.Lock()
         self._sync: Any = None
 

@@ -25,6 +25,8 @@ gold answers from ``--gold FILE`` or ``$METASPO_FAKE_GOLD``). Options:
   still-starting server; fault ``starting``), before any draw;
 * ``--echo-auth``: every error body the server sends (injected 500s, 429s, 503s, ``--status``,
   hangs) repeats the request's ``Authorization`` header value, as some servers do;
+* ``--record FILE``: each chat request's JSON body, one per line (``benchmarks/full_run.py`` replays
+  them with the plain ``openai`` SDK as the reference's sequential baseline);
 * ``--log FILE``: one JSON line per request (time, digest, kind, status, fault) -- the server's own
   record, used by tests to check that every fault was seen by the client.
 
@@ -56,6 +58,7 @@ class MockState:
         self.counts: Counter[str] = Counter()
         self.attempts: Counter[str] = Counter()
         self.log = open(args.log, "a", encoding="utf-8") if args.log else None  # noqa: SIM115
+        self.bodies = open(args.record, "a", encoding="utf-8") if args.record else None  # noqa: SIM115
         self.semaphore = asyncio.Semaphore(args.max_concurrency) if args.max_concurrency else None
         self.in_flight = 0
         self.started = time.monotonic()
@@ -149,6 +152,9 @@ def make_app(state: MockState):
 
     async def chat(request: web.Request) -> web.Response:
         body = await request.json()
+        if state.bodies is not None:
+            state.bodies.write(json.dumps(body) + "\n")
+            state.bodies.flush()
         messages = body.get("messages", [])
         params = {k: v for k, v in body.items() if k not in ("messages", "model")}
         digest = short_hash(messages, params.get("seed"))
@@ -271,6 +277,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0, help="fault and latency draws")
     p.add_argument("--gold", help="JSON {question: answer} for correct answers")
     p.add_argument("--log", help="JSON-lines request log")
+    p.add_argument("--record", help="append each chat request's JSON body to this file (benchmarks replay them)")
     p.add_argument("--max-seconds", type=float, default=3600.0, help="the server stops by itself after this")
     return p.parse_args(argv)
 
