@@ -92,9 +92,9 @@ def main() -> None:
                 ours_rate = ours(lm, concurrency, n, f"ours-{engine}-{concurrency}")
                 evaluate_rate = dspy_evaluate(lm, concurrency, n, f"eval-{engine}-{concurrency}")
                 row = {
-                    "engine": engine, "processes": 1, "concurrency": concurrency, "calls": n, "ideal_calls_per_s": ideal,
-                    "ours_calls_per_s": ours_rate, "dspy_evaluate_calls_per_s": evaluate_rate,
-                    "sequential_calls_per_s": seq,
+                    "engine": engine, "processes": 1, "concurrency": concurrency, "calls": n,
+                    "ideal_calls_per_s": ideal, "ours_calls_per_s": ours_rate,
+                    "dspy_evaluate_calls_per_s": evaluate_rate, "sequential_calls_per_s": seq,
                 }  # fmt: skip
                 results.append(row)
                 rows.append([engine, 1, concurrency, ours_rate, ours_rate / ideal, evaluate_rate / ideal, seq / ideal])
@@ -120,7 +120,7 @@ def main() -> None:
             "ours / ideal",
             "dspy.Evaluate / ideal",
             "sequential / ideal",
-        ],  # fmt: skip
+        ],
     )
     save("throughput", {"latency_s": args.latency, "quick": args.quick, "rows": results}, table)
 

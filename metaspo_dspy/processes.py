@@ -314,8 +314,8 @@ def _run_chunk(grid: str, payload: bytes, items: list[tuple[str, int, int]]):
             results.append((key, raw))
             usage.extend(entries.items())
         seen = list(log.entries)
-    import cloudpickle  # predictions may hold dynamically made signatures, which pickle cannot name
-
     import time
+
+    import cloudpickle  # predictions may hold dynamically made signatures, which pickle cannot name
 
     return cloudpickle.dumps((results, seen, usage, (os.getpid(), time.process_time())))
