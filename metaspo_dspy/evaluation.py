@@ -32,7 +32,7 @@ from metaspo_dspy.journal import Journal
 from metaspo_dspy.metrics import Metric, TaskMetric, is_wrong, score_example, task_score
 from metaspo_dspy.recorder import CallRecorder, LMCall
 from metaspo_dspy.redact import redact
-from metaspo_dspy.scope import system_prompt_scope
+from metaspo_dspy.scope import needs_rider, system_prompt_scope
 
 
 @dataclass(frozen=True)
@@ -144,7 +144,8 @@ def run_item(job: EvalJob, names: dict[int, str], example: dspy.Example, task_lm
     # tracker the caller opened around compile() (DSPy's own mechanism).
     with dspy.track_usage() as tracker:
         try:
-            with system_prompt_scope(job.system_prompt, job.instructions_in, adapter, **overrides):
+            ride = needs_rider(job.program)
+            with system_prompt_scope(job.system_prompt, job.instructions_in, adapter, ride, **overrides):
                 prediction = job.program(**example.inputs())
             return _Raw(prediction, None, _compact(recorder.calls), token_counts(tracker))
         except Exception as exc:
