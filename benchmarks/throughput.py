@@ -7,6 +7,8 @@ and concurrency (1, 8, 32, 64), plus the native engine over two client processes
   * ``dspy.Evaluate`` with the same program and number of threads,
   * a sequential loop, one call after another, like the reference implementation.
 
+Each rate is the median of three runs of 20 rounds (``concurrency x 20`` calls).
+
     python benchmarks/throughput.py            # full (a few minutes)
     python benchmarks/throughput.py --quick    # < 1 minute
 """
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from statistics import median
 
 from common import disable_dspy_cache, markdown, mock_lm, mock_server, save
 
@@ -80,7 +83,8 @@ def main() -> None:
     args = parser.parse_args()
     disable_dspy_cache()
     levels = [1, 8, 32] if args.quick else [1, 8, 32, 64]
-    per_level = 3 if args.quick else 10
+    per_level = 3 if args.quick else 20
+    reps = range(1 if args.quick else 3)  # the median of 3 runs: this machine is small and noisy
     rows, results = [], []
     with mock_server("--latency", str(args.latency)) as url:
         for engine in ("litellm", "native"):
@@ -89,8 +93,10 @@ def main() -> None:
             for concurrency in levels:
                 n = max(per_level * concurrency, 20)
                 ideal = concurrency / args.latency
-                ours_rate = ours(lm, concurrency, n, f"ours-{engine}-{concurrency}")
-                evaluate_rate = dspy_evaluate(lm, concurrency, n, f"eval-{engine}-{concurrency}")
+                ours_rate = median(ours(lm, concurrency, n, f"ours-{engine}-{concurrency}-{r}") for r in reps)
+                evaluate_rate = median(
+                    dspy_evaluate(lm, concurrency, n, f"eval-{engine}-{concurrency}-{r}") for r in reps
+                )
                 row = {
                     "engine": engine, "processes": 1, "concurrency": concurrency, "calls": n,
                     "ideal_calls_per_s": ideal, "ours_calls_per_s": ours_rate,
@@ -103,7 +109,7 @@ def main() -> None:
         for concurrency in [c for c in levels if c >= 32]:
             n = max(per_level * concurrency, 20)
             ideal = concurrency / args.latency
-            rate = ours(lm, concurrency, n, f"ours-2p-{concurrency}", processes=2)
+            rate = median(ours(lm, concurrency, n, f"ours-2p-{concurrency}-{r}", processes=2) for r in reps)
             results.append({
                 "engine": "native", "processes": 2, "concurrency": concurrency, "calls": n,
                 "ideal_calls_per_s": ideal, "ours_calls_per_s": rate,

@@ -30,6 +30,7 @@ from metaspo_dspy.lm.embedded_model import (
     EmbeddedModelUnavailable,
     check_available,
 )
+from metaspo_dspy.lm.embedded_profile import CallProfile
 
 
 @dataclass
@@ -53,6 +54,7 @@ class EmbeddedEngine:
         )
         self._loaded: _Loaded | None = None
         self._lock = threading.Lock()
+        self.profile = CallProfile.from_env()  # per-call timings, when METASPO_EMBEDDED_PROFILE is set
 
     @property
     def load_seconds(self) -> float | None:
@@ -115,7 +117,7 @@ class EmbeddedEngine:
         tokens = loaded.llama.tokenize(result.prompt.encode("utf-8"), add_bos=not result.added_special, special=True)
         return tokens, result
 
-    def _prime(self, llama: Any, tokens: list[int]) -> None:
+    def _prime(self, llama: Any, tokens: list[int]) -> int:
         """Evaluate all but the last :data:`FINAL_BATCH` prompt tokens, reusing the KV cache.
 
         llama.cpp computes a token's values the same in any batch of two or more tokens, but
@@ -124,7 +126,8 @@ class EmbeddedEngine:
         last tokens to ``create_completion``, which evaluates them as one batch (its own prefix check
         finds exactly the primed part). Every call thus sees the same numbers as a call on a fresh
         model, whatever ran before it, and a prompt sharing a long prefix with the previous one (the
-        same signature and system prompt, another example) costs only its new tokens.
+        same signature and system prompt, another example) costs only its new tokens. Returns the
+        number of prompt tokens reused.
         """
         final = min(FINAL_BATCH, len(tokens) - 1)
         target = len(tokens) - final
@@ -140,6 +143,7 @@ class EmbeddedEngine:
         llama._requires_eval = True
         for chunk in _chunks(tokens[shared:target], llama.n_batch):
             llama.eval(chunk)
+        return shared
 
     def complete(self, messages: list[dict[str, Any]], params: dict[str, Any]) -> dict[str, Any]:
         """Run one chat completion; ``params`` are OpenAI-style generation parameters.
@@ -179,7 +183,9 @@ class EmbeddedEngine:
             }
             choices, completion_tokens = [], 0
             for i in range(n):
-                self._prime(loaded.llama, tokens)
+                started = time.perf_counter()
+                reused = self._prime(loaded.llama, tokens)
+                primed = time.perf_counter()
                 out = loaded.llama.create_completion(
                     prompt=tokens,
                     max_tokens=max_tokens,
@@ -192,6 +198,12 @@ class EmbeddedEngine:
                 choice = out["choices"][0]
                 choices.append({"text": choice["text"], "finish_reason": choice.get("finish_reason") or "stop"})
                 completion_tokens += out["usage"]["completion_tokens"]
+                if self.profile is not None:
+                    self.profile.record(
+                        temperature=temperature, prompt_tokens=len(tokens), reused_tokens=reused,
+                        completion_tokens=out["usage"]["completion_tokens"], grammar=grammar is not None,
+                        prompt_seconds=primed - started, completion_seconds=time.perf_counter() - primed,
+                    )  # fmt: skip
         return {"choices": choices, "prompt_tokens": len(tokens), "completion_tokens": completion_tokens}
 
 
