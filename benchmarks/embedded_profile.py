@@ -5,7 +5,7 @@ Splits the time into task calls (temperature 0) and optimizer calls (temperature
 prompt evaluation and generation, with the prompt tokens the KV cache let it skip.
 
     python benchmarks/embedded_profile.py            # the demo's sizes (~5 min)
-    python benchmarks/embedded_profile.py --quick    # 2 train examples, 2 test examples (~1 min)
+    python benchmarks/embedded_profile.py --quick    # the smallest sizes: a smoke run
 """
 
 from __future__ import annotations
@@ -26,13 +26,16 @@ MODELS = ["--task-model", "embedded", "--optimizer-model", "embedded"]
 
 
 def commands(run: Path, quick: bool) -> list[tuple[str, list[str]]]:
-    train, test, unseen = ("2", "2", "2") if quick else ("8", "8", "10")
+    """scripts/demo's two commands (``quick``: the smallest sizes, a smoke run of a minute or two)."""
+    search = ["--iterations", "1", "--system-candidates", "4", "--user-candidates", "2", "--user-top-k", "2"]
+    sizes, unseen = ["--train-size", "8", "--test-size", "8"], ["--num-user-prompts", "3", "--test-size", "10"]
+    if quick:
+        search = ["--iterations", "1", "--system-candidates", "1", "--user-candidates", "1", "--user-top-k", "1"]
+        sizes, unseen = ["--train-size", "1", "--test-size", "1"], ["--num-user-prompts", "1", "--test-size", "1"]
     return [
-        ("train", [*METASPO, "train", "-c", "generated", *MODELS, "--iterations", "1", "--system-candidates", "4",
-                   "--user-candidates", "2", "--user-top-k", "2", "--train-size", train, "--test-size", test,
-                   "--log-dir", str(run), "--quiet"]),
-        ("test", [*METASPO, "test", "-c", "generated", *MODELS, "--system-prompt", "default", str(run),
-                  "--num-user-prompts", "3", "--test-size", unseen, "--log-dir", str(run / "unseen"), "--quiet"]),
+        ("train", [*METASPO, "train", "-c", "generated", *MODELS, *search, *sizes, "--log-dir", str(run), "--quiet"]),
+        ("test", [*METASPO, "test", "-c", "generated", *MODELS, "--system-prompt", "default", str(run), *unseen,
+                  "--log-dir", str(run / "unseen"), "--quiet"]),
     ]  # fmt: skip
 
 
@@ -70,7 +73,7 @@ def main() -> None:
         for row in summarize(calls):
             rows.append([label, *row])
     table = markdown(rows, [
-        "command", "calls", "n", "prompt tokens", "reused from KV cache", "evaluated", "generated tokens",
+        "command", "role", "calls", "prompt tokens", "reused from KV cache", "evaluated", "generated tokens",
         "prompt s", "generation s",
     ])  # fmt: skip
     table = "Wall: " + ", ".join(f"{k} {v:.0f} s" for k, v in walls.items()) + ".\n\n" + table

@@ -31,6 +31,7 @@ from metaspo_dspy.io import atomic_write_json
 from metaspo_dspy.optimize.common import ConfigError, TaskRun, check_examples
 from metaspo_dspy.optimize.proposer import Proposal, Proposer, io_pairs
 from metaspo_dspy.optimize.protegi import ProTeGi
+from metaspo_dspy.processes import ProcessError, check_portable
 from metaspo_dspy.program import SystemPrompt, WithSystemPrompt, as_system_prompt, unwrap
 from metaspo_dspy.seeding import rng_for
 
@@ -106,8 +107,10 @@ def unseen_generalization(
     num_threads: int = 16,
     seed: int = 42,
     progress: bool = True,
+    num_processes: int = 1,
 ) -> dict[str, Any]:
     """Score ``system_prompt`` on unseen ``tasks`` with never-optimized user prompts (test split).
+    ``num_processes`` > 1 runs the grid in worker processes, as in :class:`MetaSPO`.
 
     Returns ``{"system_prompt", "average", "tasks": {name: {"mean", "stdev", "scores",
     "user_prompts", "failures"}}, "task_lm_calls"}``; ``average`` is the mean of the task means.
@@ -117,6 +120,11 @@ def unseen_generalization(
     tasks = list(tasks)
     if not tasks:
         raise ConfigError("unseen_generalization needs at least one task")
+    if num_processes > 1:  # before any call (user prompts may be written by the optimizer LM)
+        try:
+            check_portable(task_lm if task_lm is not None else dspy.settings.lm, "task_lm")
+        except ProcessError as exc:
+            raise ConfigError(str(exc)) from None
     folder = Path(prompts_dir) if prompts_dir is not None else None
     adapter = make_adapter(adapter)
     jobs, owners = [], []
@@ -143,8 +151,13 @@ def unseen_generalization(
                 )
             )
             owners.append((task.name, prompt))
-    evaluator = GridEvaluator(task_lm, adapter, num_threads, progress)
-    results = evaluator.evaluate(jobs, desc="unseen generalization")
+    evaluator = GridEvaluator(task_lm, adapter, num_threads, progress, num_processes=num_processes)
+    try:
+        results = evaluator.evaluate(jobs, desc="unseen generalization")
+    except ProcessError as exc:
+        raise ConfigError(str(exc)) from None
+    finally:
+        evaluator.close()
     per_task: dict[str, dict[str, Any]] = {}
     for (name, prompt), result in zip(owners, results, strict=True):
         entry = per_task.setdefault(name, {"scores": [], "user_prompts": [], "failures": 0})

@@ -75,3 +75,15 @@ def test_ceiling(out):
         ("litellm", 1), ("litellm", 2), ("native", 1), ("native", 2),
     ]  # fmt: skip
     assert all(r["calls_per_s"] > 0 and r["client_cpu_ms_per_call"] > 0 for r in data["rows"])
+
+
+def test_embedded_profile(out):
+    from metaspo_dspy.lm.embedded import is_available
+
+    if not is_available():
+        pytest.skip("the [embedded] extra is not installed (scripts/bootstrap does it)")
+    data = _run(out, "embedded_profile")
+    calls = [c for command in data["calls"].values() for c in command]
+    assert {c["temperature"] for c in calls} == {0.0, 1.0}  # task and optimizer calls both timed
+    assert all(0 <= c["reused_tokens"] < c["prompt_tokens"] and c["prompt_seconds"] >= 0 for c in calls)
+    assert set(data["wall_s"]) == {"train", "test"}

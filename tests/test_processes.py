@@ -15,9 +15,11 @@ from pathlib import Path
 import dspy
 import pytest
 from conftest import mock_server
+from test_cli import metaspo
 
 from metaspo_dspy import MetaSPO
 from metaspo_dspy.lm import LMSettings, build_lm
+from metaspo_dspy.lm.embedded import is_available
 from metaspo_dspy.optimize.common import ConfigError
 
 SIG = dspy.Signature("question -> answer", "Answer with the number.")
@@ -134,3 +136,15 @@ def test_what_cannot_run_in_a_worker_is_refused_before_any_call(tmp_path):
         with dspy.context(callbacks=[_Unpicklable()]), pytest.raises(ConfigError, match=r"callback.*num_processes=1"):
             MetaSPO(_exact, lm, lm, num_processes=2, **SIZES).compile(dspy.Predict(SIG), trainsets=_train())
         assert _served(url) == 0
+
+
+@pytest.mark.skipif(not is_available(), reason="the [embedded] extra is not installed (scripts/bootstrap does it)")
+def test_cli_refuses_processes_for_the_embedded_model_in_one_line(tmp_path):
+    result = metaspo(
+        "train", "-c", "generated", "--task-model", "embedded", "--optimizer-model", "embedded",
+        "--processes", "2", "--log-dir", str(tmp_path / "run"), cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:") and "--processes 1" in lines[0], result.stderr
+    assert not (tmp_path / "run").exists()

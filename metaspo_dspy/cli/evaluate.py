@@ -144,6 +144,7 @@ def unseen_runs(
             optimizer_adapter=models.optimizer_adapter,
             prompts_dir=log_dir / "unseen_user_prompts",
             num_threads=models.threads(config.num_threads),
+            num_processes=config.num_processes,
             seed=config.seed,
             progress=not quiet,
         )

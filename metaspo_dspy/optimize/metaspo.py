@@ -176,6 +176,13 @@ class MetaSPO(Teleprompter):
         self.optimizer_adapter = make_adapter(optimizer_adapter)
         self.num_threads = _positive("num_threads", num_threads)
         self.num_processes = _positive("num_processes", num_processes)
+        if self.num_processes > 1:
+            from metaspo_dspy.processes import ProcessError, check_portable
+
+            try:
+                check_portable(task_lm, "task_lm")
+            except ProcessError as exc:
+                raise ConfigError(str(exc)) from None
         self.seed = seed
         self.num_wrong_user = _positive("num_wrong_user", num_wrong_user)
         self.num_wrong_system = _positive("num_wrong_system", num_wrong_system)
