@@ -39,9 +39,13 @@ from typing import Any
 
 import dspy
 
-#: Items per chunk sent to a worker, as a multiple of its threads: each chunk is a few rounds of
-#: concurrent calls, and its results are journaled when it returns.
+#: Items per chunk sent to a worker, at least this multiple of its threads (a few rounds of
+#: concurrent calls); its results are journaled when it returns.
 CHUNK_ROUNDS = 2
+#: A grid is cut into at most this many chunks per worker: each chunk carries the grid's state (the
+#: payload, some hundred kB), so fewer chunks send less, while a last chunk stays short enough that
+#: one worker does not finish long after the others.
+CHUNKS_PER_WORKER = 16
 
 
 class ProcessError(ValueError):
@@ -174,9 +178,8 @@ class ProcessGrid:
 
         self._grids += 1
         grid = f"{os.getpid()}-{id(self)}-{self._grids}"
-        size = self.threads * CHUNK_ROUNDS
-        share = math.ceil(len(items) / self.num_processes)
-        size = max(1, min(size, share))
+        size = max(self.threads * CHUNK_ROUNDS, math.ceil(len(items) / (self.num_processes * CHUNKS_PER_WORKER)))
+        size = max(1, min(size, math.ceil(len(items) / self.num_processes)))
         pool = self._pool()
         futures: list[Future] = [
             pool.submit(_run_chunk, grid, payload, list(items[start : start + size]))
