@@ -32,6 +32,11 @@ DATA_DIR = BUNDLED_DIR
 REFERENCE_SAMPLE = REPO / "tests" / "data" / "bilevel_nodes_sample.json"
 #: the four MedMCQA source tasks (bundled; 90-135 train examples each)
 MEDICAL_SOURCE = ("ob_gyn", "medicine", "pharmacology", "pathology")
+#: skip a test that runs the embedded model when its extra is not installed
+needs_embedded = pytest.mark.skipif(
+    not importlib.import_module("metaspo_dspy.lm.embedded").is_available(),
+    reason="the [embedded] extra is not installed (scripts/bootstrap does it)",
+)
 
 
 def pytest_configure(config):

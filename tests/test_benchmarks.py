@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import needs_embedded
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
@@ -77,11 +78,8 @@ def test_ceiling(out):
     assert all(r["calls_per_s"] > 0 and r["client_cpu_ms_per_call"] > 0 for r in data["rows"])
 
 
+@needs_embedded
 def test_embedded_profile(out):
-    from metaspo_dspy.lm.embedded import is_available
-
-    if not is_available():
-        pytest.skip("the [embedded] extra is not installed (scripts/bootstrap does it)")
     data = _run(out, "embedded_profile")
     calls = [c for command in data["calls"].values() for c in command]
     assert {c["temperature"] for c in calls} == {0.0, 1.0}  # task and optimizer calls both timed

@@ -5,14 +5,10 @@ from __future__ import annotations
 import json
 
 import pytest
+from conftest import needs_embedded
 from test_cli import metaspo
 
-from metaspo_dspy.lm.embedded import is_available
-
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(not is_available(), reason="the [embedded] extra is not installed (scripts/bootstrap does it)"),
-]
+pytestmark = [pytest.mark.slow, needs_embedded]
 
 
 def test_train_on_the_embedded_model(tmp_path):

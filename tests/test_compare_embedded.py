@@ -7,14 +7,10 @@ import csv
 import json
 
 import pytest
+from conftest import needs_embedded
 from test_cli import metaspo
 
-from metaspo_dspy.lm.embedded import is_available
-
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(not is_available(), reason="the [embedded] extra is not installed (scripts/bootstrap does it)"),
-]
+pytestmark = [pytest.mark.slow, needs_embedded]
 
 
 def test_compare_on_the_embedded_model(tmp_path):

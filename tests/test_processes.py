@@ -14,12 +14,11 @@ from pathlib import Path
 
 import dspy
 import pytest
-from conftest import mock_server
+from conftest import mock_server, needs_embedded
 from test_cli import metaspo
 
 from metaspo_dspy import MetaSPO
 from metaspo_dspy.lm import LMSettings, build_lm
-from metaspo_dspy.lm.embedded import is_available
 from metaspo_dspy.optimize.common import ConfigError
 
 SIG = dspy.Signature("question -> answer", "Answer with the number.")
@@ -138,7 +137,7 @@ def test_what_cannot_run_in_a_worker_is_refused_before_any_call(tmp_path):
         assert _served(url) == 0
 
 
-@pytest.mark.skipif(not is_available(), reason="the [embedded] extra is not installed (scripts/bootstrap does it)")
+@needs_embedded
 def test_cli_refuses_processes_for_the_embedded_model_in_one_line(tmp_path):
     result = metaspo(
         "train", "-c", "generated", "--task-model", "embedded", "--optimizer-model", "embedded",
