@@ -231,16 +231,6 @@ class GridEvaluator:
             self._processes.close()
             self._processes = None
 
-    def check_processes(self, jobs: Sequence[EvalJob]) -> None:
-        """Raise :class:`~metaspo_dspy.processes.ProcessError` if ``jobs`` cannot run in worker
-        processes (a no-op with one process); call it before paying for any LM call."""
-        if self.num_processes > 1:
-            from metaspo_dspy.processes import ProcessGrid
-
-            ProcessGrid(self.num_processes, self.num_threads).payload(
-                jobs, [{} for _ in jobs], self.task_lm, self.adapter
-            )
-
     def _collect(self, key: str, raw: _Raw, raws: dict[str, _Raw], bar: Any) -> None:
         raws[key] = raw
         self.journal.put(key, raw.to_json())
