@@ -2,9 +2,13 @@
 empty DSPy cache, every llama.cpp call timed (``METASPO_EMBEDDED_PROFILE``).
 
 Splits the time into task calls (temperature 0) and optimizer calls (temperature 1.0), and each into
-prompt evaluation and generation, with the prompt tokens the KV cache let it skip.
+prompt evaluation and generation, with the prompt tokens the KV cache let it skip. ``--compare``
+first runs the same demo on llama-cpp-python's own sampler chain (``METASPO_EMBEDDED_GREEDY_GRAMMAR=0``),
+then on the default, and checks that both produced the same outcome (every journaled answer and
+completion, the optimized program, the unseen-task scores); it exits 1 when they differ.
 
-    python benchmarks/embedded_profile.py            # the demo's sizes (~5 min)
+    python benchmarks/embedded_profile.py --compare  # the demo's sizes, both samplers (~20 min)
+    python benchmarks/embedded_profile.py            # the demo's sizes, default only (~8 min)
     python benchmarks/embedded_profile.py --quick    # the smallest sizes: a smoke run
 """
 
@@ -18,6 +22,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from common import markdown, save
 
@@ -52,32 +57,104 @@ def summarize(calls: list[dict]) -> list[list]:
     return rows
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--name", default="embedded_profile")
-    args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as tmp:
-        profile = Path(tmp) / "calls.jsonl"
-        env = {**os.environ, "METASPO_EMBEDDED_PROFILE": str(profile), "DSPY_CACHEDIR": str(Path(tmp) / "cache")}
-        walls, per_command = {}, {}
-        for label, command in commands(Path(tmp) / "run", args.quick):
-            before = len(profile.read_text().splitlines()) if profile.exists() else 0
-            start = time.perf_counter()
-            subprocess.run(command, env=env, check=True, stdout=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
-            walls[label] = time.perf_counter() - start
-            lines = profile.read_text().splitlines()[before:]
-            per_command[label] = [json.loads(line) for line in lines]
+def run_demo(tmp: Path, quick: bool, greedy_grammar: bool) -> tuple[dict, dict, dict]:
+    """Run the demo's commands in ``tmp``; returns wall seconds and profiled calls per command, and
+    the run's outcome (:func:`outcome`)."""
+    profile, run = tmp / "calls.jsonl", tmp / "run"
+    env = {
+        **os.environ,
+        "METASPO_EMBEDDED_PROFILE": str(profile),
+        "METASPO_EMBEDDED_GREEDY_GRAMMAR": "1" if greedy_grammar else "0",
+        "DSPY_CACHEDIR": str(tmp / "cache"),
+    }
+    walls, per_command = {}, {}
+    for label, command in commands(run, quick):
+        before = len(profile.read_text().splitlines()) if profile.exists() else 0
+        start = time.perf_counter()
+        subprocess.run(command, env=env, check=True, stdout=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
+        walls[label] = time.perf_counter() - start
+        lines = profile.read_text().splitlines()[before:]
+        per_command[label] = [json.loads(line) for line in lines]
+    return walls, per_command, outcome(run)
+
+
+def outcome(run: Path) -> dict:
+    """What a run produced, without timings: every journaled evaluation (answers and the model's raw
+    completions), the optimized program and the unseen-task scores."""
+    evaluations = {}
+    for line in (run / "evaluations.jsonl").read_text().splitlines():
+        record = json.loads(line)
+        evaluations[record["key"]] = record["value"]
+    unseen = json.loads((run / "unseen" / "unseen_results.json").read_text())
+    return {
+        "evaluations": evaluations,
+        "program": without_timings(json.loads((run / "program.json").read_text())),
+        "unseen": {name: result["tasks"] for name, result in unseen["results"].items()},
+    }
+
+
+def without_timings(value: Any) -> Any:
+    """``value`` without the keys that hold durations (``seconds`` of each phase, ``time``...)."""
+    if isinstance(value, dict):
+        return {k: without_timings(v) for k, v in value.items() if not ("second" in k or "time" in k)}
+    if isinstance(value, list):
+        return [without_timings(v) for v in value]
+    return value
+
+
+def table(walls: dict, per_command: dict) -> list[list]:
     rows = []
     for label, calls in per_command.items():
         for row in summarize(calls):
             rows.append([label, *row])
-    table = markdown(rows, [
-        "command", "role", "calls", "prompt tokens", "reused from KV cache", "evaluated", "generated tokens",
-        "prompt s", "generation s",
-    ])  # fmt: skip
-    table = "Wall: " + ", ".join(f"{k} {v:.0f} s" for k, v in walls.items()) + ".\n\n" + table
-    save(args.name, {"quick": args.quick, "wall_s": walls, "calls": per_command}, table)
+    return rows
+
+
+HEADERS = [
+    "command", "role", "calls", "prompt tokens", "reused from KV cache", "evaluated", "generated tokens",
+    "prompt s", "generation s",
+]  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--name", default="embedded_profile")
+    parser.add_argument(
+        "--compare", action="store_true",
+        help="also run the demo with llama-cpp-python's own sampler chain first, and check both runs "
+        "produced the same answers",
+    )  # fmt: skip
+    args = parser.parse_args()
+    modes = [False, True] if args.compare else [True]
+    results = {}
+    for greedy_grammar in modes:
+        with tempfile.TemporaryDirectory() as tmp:
+            results[greedy_grammar] = run_demo(Path(tmp), args.quick, greedy_grammar)
+    walls, per_command, produced = results[True]
+    text = "Wall: " + ", ".join(f"{k} {v:.0f} s" for k, v in walls.items()) + ".\n\n"
+    text += markdown(table(walls, per_command), HEADERS)
+    data = {"quick": args.quick, "wall_s": walls, "calls": per_command}
+    if args.compare:
+        stock_walls, stock_calls, stock_produced = results[False]
+        same = {part: stock_produced[part] == produced[part] for part in produced}
+        data.update(stock_wall_s=stock_walls, stock_calls=stock_calls, identical=same)
+        text = (
+            "Fast greedy grammar sampling (default) vs llama-cpp-python's own sampler chain "
+            "(`METASPO_EMBEDDED_GREEDY_GRAMMAR=0`), the same demo in one run: wall "
+            + ", ".join(
+                f"{k} {walls[k]:.0f} s vs {stock_walls[k]:.0f} s ({walls[k] / stock_walls[k]:.2f}x)" for k in walls
+            )  # noqa: E501
+            + "; identical outcome: "
+            + ", ".join(f"{part} {'yes' if ok else 'NO'}" for part, ok in same.items())
+            + f" ({len(produced['evaluations'])} journaled evaluations).\n\nDefault:\n\n"
+            + text
+            + "\n\nllama-cpp-python's chain:\n\n"
+            + markdown(table(stock_walls, stock_calls), HEADERS)
+        )
+    save(args.name, data, text)
+    if args.compare and not all(data["identical"].values()):
+        sys.exit(f"the two samplers produced different outcomes: {data['identical']}")
 
 
 if __name__ == "__main__":

@@ -2,8 +2,10 @@
 
 With the variable set, every completion appends one JSON line to ``FILE``: temperature (the demo's
 task calls run at 0, its optimizer calls at 1.0), prompt tokens and how many of them were reused
-from the KV cache, completion tokens, whether a grammar constrained the output, and the seconds
-spent evaluating the prompt and generating. ``benchmarks/embedded_profile.py`` sums them up.
+from the KV cache, completion tokens, whether a grammar constrained the output (for greedy calls
+on the fast path, ``grammar_checks``: how many tokens the grammar allowed at once, found among the
+highest logits, or needed the whole vocabulary; see :mod:`~metaspo_dspy.lm.greedy_grammar`), and the
+seconds spent evaluating the prompt and generating. ``benchmarks/embedded_profile.py`` sums them up.
 """
 
 from __future__ import annotations
