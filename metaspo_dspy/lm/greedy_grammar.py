@@ -130,26 +130,33 @@ class GreedyGrammarSampler:
     def sample(self, ctx: Any, idx: int = -1) -> int:
         """Choose the next token from the logits of output ``idx`` of ``ctx`` and accept it."""
         pointer = llama_cpp.llama_get_logits_ith(ctx, idx)
-        logits = np.ctypeslib.as_array(pointer, shape=(self.n_vocab,))
+        token = self.choose(np.ctypeslib.as_array(pointer, shape=(self.n_vocab,)))
+        self.accept(token)
+        return token
+
+    def choose(self, logits: np.ndarray) -> int:
+        """The token the chain *penalties -> grammar -> greedy* picks from ``logits`` (one float32
+        per vocabulary entry) in the current state; changes no state."""
         candidates = self._load(logits)
         llama_cpp.llama_sampler_apply(self._chain, ctypes.byref(candidates))
         token = int(self._data["id"][candidates.selected])
         if self._allowed(token):
             self.fast += 1
-        else:
-            found = next((t for t in map(self._best_allowed_in_top, TOPS) if t is not None), None)
-            if found is not None:
-                self.top += 1
-                token = found
-            else:
-                self.full += 1
-                candidates = self._load(logits)
-                llama_cpp.llama_sampler_apply(self._grammar, ctypes.byref(candidates))
-                llama_cpp.llama_sampler_apply(self._chain, ctypes.byref(candidates))
-                token = int(self._data["id"][candidates.selected])
+            return token
+        found = next((t for t in map(self._best_allowed_in_top, TOPS) if t is not None), None)
+        if found is not None:
+            self.top += 1
+            return found
+        self.full += 1
+        candidates = self._load(logits)
+        llama_cpp.llama_sampler_apply(self._grammar, ctypes.byref(candidates))
+        llama_cpp.llama_sampler_apply(self._chain, ctypes.byref(candidates))
+        return int(self._data["id"][candidates.selected])
+
+    def accept(self, token: int) -> None:
+        """Record ``token`` as generated: in the grammar's state and the penalties' history."""
         llama_cpp.llama_sampler_accept(self._grammar, token)
         llama_cpp.llama_sampler_accept(self._chain, token)
-        return token
 
     def close(self) -> None:
         """Free the llama.cpp samplers (idempotent)."""

@@ -1,7 +1,8 @@
 """The llama.cpp engine behind the embedded model: one model per process, calls serialised, JSON
-schemas turned into grammars, the KV cache of a shared prompt prefix reused (see
-:meth:`EmbeddedEngine._prime`). The LiteLLM provider in :mod:`metaspo_dspy.lm.embedded` calls
-:meth:`EmbeddedEngine.complete`.
+schemas turned into grammars (:mod:`~metaspo_dspy.lm.json_grammar`), the KV cache of a shared prompt
+prefix reused (see :meth:`EmbeddedEngine._prime`), greedy answers under a grammar sampled the fast
+way (:mod:`~metaspo_dspy.lm.greedy_grammar`). The LiteLLM provider in :mod:`metaspo_dspy.lm.embedded`
+calls :meth:`EmbeddedEngine.complete`.
 """
 
 from __future__ import annotations
