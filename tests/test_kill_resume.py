@@ -5,15 +5,14 @@ the fake model's own request log). Ctrl-C (SIGINT) stops cleanly and resumably."
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
-import time
 from collections import Counter
 from pathlib import Path
 
 import pytest
+from killing import fake_env, outcome, requests_in, start, wait_for
 
 THREADS = 4
 ARGS = [
@@ -26,45 +25,11 @@ ARGS = [
 MID_FIRST_OUTER_GRID = 12 + 24 + 30
 
 
+SLOW = {"METASPO_FAKE_LATENCY": "0.01", "METASPO_FAKE_OPTIMIZER_LATENCY": "0.4"}
+
+
 def _env(log: Path, gold: Path) -> dict[str, str]:
-    """Each process gets its own empty DSPy cache, so only our journals can spare a request."""
-    env = {k: v for k, v in os.environ.items() if not k.endswith("_API_KEY")}
-    cache = log.parent / f"dspy-cache-{time.monotonic_ns()}"
-    env.update({
-        "METASPO_FAKE_LOG": str(log), "METASPO_FAKE_GOLD": str(gold),
-        "DSPY_CACHEDIR": str(cache),
-        "METASPO_FAKE_LATENCY": "0.01", "METASPO_FAKE_OPTIMIZER_LATENCY": "0.4",
-    })  # fmt: skip
-    return env
-
-
-def _start(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, "-m", "metaspo_dspy.cli", *args], env=env, cwd=cwd,
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True,
-    )  # fmt: skip
-
-
-def _requests(log: Path) -> list[dict]:
-    if not log.exists():
-        return []
-    return [json.loads(line) for line in log.read_text().splitlines() if line.endswith("}")]
-
-
-def _wait_for(process: subprocess.Popen, log: Path, condition, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition(_requests(log)):
-            return
-        if process.poll() is not None:
-            raise AssertionError(f"the run ended before the kill point: {process.stderr.read()}")
-        time.sleep(0.01)
-    raise AssertionError("kill point not reached in time")
-
-
-def _artifact(run_dir: Path) -> dict:
-    data = json.loads((run_dir / "metaspo_run.json").read_text())
-    return {k: v for k, v in data.items() if k not in ("phases", "calls", "usage")}  # what this process paid
+    return fake_env(log, gold, **SLOW)
 
 
 @pytest.fixture
@@ -95,14 +60,14 @@ def test_sigkill_then_resume_equals_an_uninterrupted_run(gold, tmp_path, point, 
         env=_env(reference_log, gold), cwd=tmp_path, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert reference.returncode == 0, reference.stderr
-    total = Counter(r["kind"] for r in _requests(reference_log))
+    total = Counter(r["kind"] for r in requests_in(reference_log))
 
     log, run_dir = tmp_path / "killed.jsonl", tmp_path / "killed"
-    process = _start([*ARGS, "--log-dir", str(run_dir)], _env(log, gold), tmp_path)
-    _wait_for(process, log, condition)
+    process = start([*ARGS, "--log-dir", str(run_dir)], _env(log, gold), tmp_path)
+    wait_for(process, log, condition)
     process.send_signal(signal.SIGKILL)
     process.wait(timeout=30)
-    before = _requests(log)
+    before = requests_in(log)
     assert not (run_dir / "metaspo_run.json").exists()
 
     resumed = subprocess.run(
@@ -110,8 +75,8 @@ def test_sigkill_then_resume_equals_an_uninterrupted_run(gold, tmp_path, point, 
         env=_env(log, gold), cwd=tmp_path, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert resumed.returncode == 0, resumed.stderr
-    assert _artifact(run_dir) == _artifact(tmp_path / "reference")
-    after = _requests(log)[len(before) :]
+    assert outcome(run_dir) == outcome(tmp_path / "reference")
+    after = requests_in(log)[len(before) :]
     completed = Counter(r["digest"] for r in before if r["kind"] == "task")
     resent = sum(min(n, completed[d]) for d, n in Counter(r["digest"] for r in after if r["kind"] == "task").items())
     # Only requests answered in the instant before the kill, not yet journaled, may be asked again.
@@ -123,8 +88,8 @@ def test_sigkill_then_resume_equals_an_uninterrupted_run(gold, tmp_path, point, 
 
 def test_ctrl_c_stops_cleanly_and_resumably(gold, tmp_path):
     log, run_dir = tmp_path / "log.jsonl", tmp_path / "run"
-    process = _start([*ARGS, "--log-dir", str(run_dir)], _env(log, gold), tmp_path)
-    _wait_for(process, log, _mid_grid)
+    process = start([*ARGS, "--log-dir", str(run_dir)], _env(log, gold), tmp_path)
+    wait_for(process, log, _mid_grid)
     process.send_signal(signal.SIGINT)
     _, stderr = process.communicate(timeout=60)
     assert process.returncode == 130, stderr
@@ -167,8 +132,8 @@ def test_resume_refuses_a_run_dir_made_for_other_settings(gold, tmp_path):
 def test_a_running_run_dir_is_refused_to_a_second_process_until_the_first_dies(gold, tmp_path):
     log, run_dir = tmp_path / "log.jsonl", tmp_path / "run"
     env = {**_env(log, gold), "METASPO_FAKE_OPTIMIZER_LATENCY": "3"}  # keeps the first run busy
-    first = _start([*ARGS, "--log-dir", str(run_dir)], env, tmp_path)
-    _wait_for(first, log, lambda requests: len(requests) > 0)
+    first = start([*ARGS, "--log-dir", str(run_dir)], env, tmp_path)
+    wait_for(first, log, lambda requests: len(requests) > 0)
     second = subprocess.run(
         [sys.executable, "-m", "metaspo_dspy.cli", "train", "--resume", str(run_dir), "--quiet"],
         env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120,
