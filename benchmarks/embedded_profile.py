@@ -7,8 +7,8 @@ first runs the same demo on llama-cpp-python's own sampler chain (``METASPO_EMBE
 then on the default, and checks that both produced the same outcome (every journaled answer and
 completion, the optimized program, the unseen-task scores); it exits 1 when they differ.
 
-    python benchmarks/embedded_profile.py --compare  # the demo's sizes, both samplers (~20 min)
-    python benchmarks/embedded_profile.py            # the demo's sizes, default only (~8 min)
+    python benchmarks/embedded_profile.py --compare  # the demo's sizes, both samplers (~16 min)
+    python benchmarks/embedded_profile.py            # the demo's sizes, default only (~7 min)
     python benchmarks/embedded_profile.py --quick    # the smallest sizes: a smoke run
 """
 

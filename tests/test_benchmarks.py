@@ -80,8 +80,13 @@ def test_ceiling(out):
 
 @needs_embedded
 def test_embedded_profile(out):
-    data = _run(out, "embedded_profile")
+    data = _run(out, "embedded_profile", "--compare")
     calls = [c for command in data["calls"].values() for c in command]
     assert {c["temperature"] for c in calls} == {0.0, 1.0}  # task and optimizer calls both timed
     assert all(0 <= c["reused_tokens"] < c["prompt_tokens"] and c["prompt_seconds"] >= 0 for c in calls)
-    assert set(data["wall_s"]) == {"train", "test"}
+    assert set(data["wall_s"]) == set(data["stock_wall_s"]) == {"train", "test"}
+    # The fast greedy sampler ran on every greedy grammar call, the stock chain on none.
+    assert all((c["grammar_checks"] is not None) == (c["temperature"] == 0 and c["grammar"]) for c in calls)
+    stock = [c for command in data["stock_calls"].values() for c in command]
+    assert len(stock) == len(calls) and all(c["grammar_checks"] is None for c in stock)
+    assert data["identical"] == {"evaluations": True, "program": True, "unseen": True}
