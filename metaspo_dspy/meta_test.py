@@ -31,7 +31,8 @@ from metaspo_dspy.io import atomic_write_json
 from metaspo_dspy.optimize.common import ConfigError, TaskRun, check_examples
 from metaspo_dspy.optimize.proposer import Proposal, Proposer, io_pairs
 from metaspo_dspy.optimize.protegi import ProTeGi
-from metaspo_dspy.processes import ProcessError, check_portable
+from metaspo_dspy.optimize.task_run import check_processes
+from metaspo_dspy.processes import ProcessError
 from metaspo_dspy.program import SystemPrompt, WithSystemPrompt, as_system_prompt, unwrap
 from metaspo_dspy.seeding import rng_for
 
@@ -120,11 +121,8 @@ def unseen_generalization(
     tasks = list(tasks)
     if not tasks:
         raise ConfigError("unseen_generalization needs at least one task")
-    if num_processes > 1:  # before any call (user prompts may be written by the optimizer LM)
-        try:
-            check_portable(task_lm if task_lm is not None else dspy.settings.lm, "task_lm")
-        except ProcessError as exc:
-            raise ConfigError(str(exc)) from None
+    # Before any call (user prompts may be written by the optimizer LM).
+    check_processes(num_processes, task_lm if task_lm is not None else dspy.settings.lm)
     folder = Path(prompts_dir) if prompts_dir is not None else None
     adapter = make_adapter(adapter)
     jobs, owners = [], []
@@ -196,7 +194,10 @@ def test_time_adaptation(
     under ``task_lm`` (so every task call carries the system prompt, and none of the optimizer's own
     calls do), and its final program is scored on train and test with the task's metric. An
     optimizer without rounds gives one round. ``kwargs`` then accepts ``adapter``, ``num_threads``,
-    ``progress`` (and ignores the ProTeGi-only ``optimizer_adapter`` and ``seed``).
+    ``progress``, ``num_processes`` (for the final scoring grid; the optimizer's own calls run
+    where it runs them) and ignores the ProTeGi-only ``optimizer_adapter`` and ``seed``. With
+    ProTeGi, ``num_processes`` > 1 runs its evaluation grids in worker processes, as in
+    :class:`MetaSPO`.
 
     Returns ``{"system_prompt", "task", "initial", "rounds": [{"round", "train": [...], "test":
     [...], "best_train", "test_of_best", "mean_test"}], "program", "details"}`` where round 0 is the
@@ -255,6 +256,7 @@ def _with_teleprompter(
     progress: bool = True,
     optimizer_adapter: Any = None,
     seed: Any = None,
+    num_processes: int = 1,
 ) -> dict[str, Any]:
     """:func:`test_time_adaptation` with any DSPy teleprompter: one round, its final program."""
     if not hasattr(optimizer, "compile"):
@@ -263,6 +265,7 @@ def _with_teleprompter(
     train = check_examples(task.name, task.train, "train")
     test = check_examples(task.name, task.test, "test")
     initial = task.program()
+    check_processes(num_processes, task_lm, [initial])
     student = WithSystemPrompt(initial.deepcopy(), system_prompt, adapter)
     with dspy.context(lm=task_lm) if task_lm is not None else contextlib.nullcontext():
         compiled = optimizer.compile(student, trainset=train)
@@ -273,9 +276,13 @@ def _with_teleprompter(
         for program in (initial, final)
         for examples in (train, test)
     ]
-    scores = [
-        r.score for r in GridEvaluator(task_lm, adapter, num_threads, progress).evaluate(jobs, "test-time adaptation")
-    ]
+    evaluator = GridEvaluator(task_lm, adapter, num_threads, progress, num_processes=num_processes)
+    try:
+        scores = [r.score for r in evaluator.evaluate(jobs, "test-time adaptation")]
+    except ProcessError as exc:
+        raise ConfigError(str(exc)) from None
+    finally:
+        evaluator.close()
 
     def node(program: dspy.Module, train_score: float, test_score: float) -> dict[str, Any]:
         return {

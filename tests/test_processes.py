@@ -17,9 +17,10 @@ import pytest
 from conftest import mock_server, needs_embedded
 from test_cli import metaspo
 
-from metaspo_dspy import MetaSPO
+from metaspo_dspy import APE, MetaSPO, ProTeGi, meta_test
 from metaspo_dspy.lm import LMSettings, build_lm
 from metaspo_dspy.optimize.common import ConfigError
+from metaspo_dspy.processes import worker_cpu_seconds
 
 SIG = dspy.Signature("question -> answer", "Answer with the number.")
 SIZES = dict(num_iterations=1, num_system_candidates=2, num_user_candidates=2, user_top_k=2, progress=False)
@@ -64,12 +65,16 @@ def _run(url: str, processes: int, run_dir: Path, engine: str = "auto", **extra)
     return best, usage.get_total_tokens()
 
 
+def _without_timings(details: dict) -> dict:
+    phases = [{k: v for k, v in p.items() if k not in ("seconds", "started", "finished")} for p in details["phases"]]
+    return {**details, "phases": phases}
+
+
 def _comparable(best) -> dict:
-    results = dict(best.detailed_results)
-    phases = [{k: v for k, v in p.items() if k not in ("seconds", "started", "finished")} for p in results["phases"]]
+    results = _without_timings(best.detailed_results)
     return {
         "nodes": results["nodes"],
-        "phases": phases,
+        "phases": results["phases"],
         "calls": results["calls"],
         "faults": results["faults"],
         "usage": results["usage"],
@@ -112,6 +117,50 @@ def test_a_resumed_run_with_two_processes_asks_nothing_again(tmp_path):
     assert _comparable(again)["nodes"] == _comparable(first)["nodes"]
 
 
+FAULTS = ("--latency", "0", "--error-rate", "0.1", "--garbage-rate", "0.05", "--seed", "5")
+SINGLE = {
+    ProTeGi: dict(num_iterations=1, num_candidates=2, beam_width=2),
+    APE: dict(num_candidates=3, top_k=2, num_pairs=3),
+}
+
+
+@pytest.mark.parametrize("method", [ProTeGi, APE], ids=["protegi", "ape"])
+def test_single_task_baselines_with_two_processes_give_the_one_process_result(method):
+    """ProTeGi and APE (and so test-time adaptation) with K=2: the same nodes, rounds, proposals,
+    phases and token usage as K=1, on a server that fails and garbles some answers."""
+    runs, worker_cpu = {}, []
+    for k in (1, 2):
+        worker_cpu.append(worker_cpu_seconds())
+        with mock_server(*FAULTS) as url, dspy.track_usage() as usage:
+            optimizer = method(
+                _exact, _lm(url, 1.0), _lm(url, 0.0), num_threads=4, num_processes=k, progress=False, **SINGLE[method]
+            )
+            train = _train()
+            program = optimizer.compile(dspy.Predict(SIG), trainset=train["a"], testset=train["b"][:4], task_name="a")
+        runs[k] = (_without_timings(program.detailed_results), usage.get_total_tokens(), program.dump_state())
+    assert runs[1][0]["nodes"] and any(n["failures"] for n in runs[1][0]["nodes"]), "faults reached the run"
+    assert runs[2] == runs[1]
+    assert worker_cpu_seconds() > worker_cpu[1] == worker_cpu[0], "K=2 ran in worker processes, K=1 did not"
+
+
+def test_tta_with_a_dspy_teleprompter_scores_in_two_processes():
+    """The scoring grid of test-time adaptation with any DSPy teleprompter runs in the workers."""
+    train = _train()
+    task = type("T", (), {"name": "a", "train": train["a"], "test": train["b"][:4], "metric": staticmethod(_exact)})()
+    task.program = lambda: dspy.Predict(SIG)
+    results, worker_cpu = {}, worker_cpu_seconds()
+    for k in (1, 2):
+        with mock_server(*FAULTS) as url:
+            result = meta_test.test_time_adaptation(
+                "You are exact.", task, optimizer=dspy.LabeledFewShot(k=2), task_lm=_lm(url, 0.0),
+                num_processes=k, progress=False,
+            )  # fmt: skip
+            results[k] = (result["rounds"], result["details"], _served(url))
+    assert results[2] == results[1]
+    assert results[1][2] >= 2 * (10 + 4)  # initial and final program on train and test
+    assert worker_cpu_seconds() > worker_cpu
+
+
 class _Local(dspy.BaseLM):
     """An LM that exists only in this process (as the embedded model does)."""
 
@@ -134,13 +183,22 @@ def test_what_cannot_run_in_a_worker_is_refused_before_any_call(tmp_path):
             MetaSPO(_exact, lm, _Local(), num_processes=2, **SIZES).compile(dspy.Predict(SIG), trainsets=_train())
         with dspy.context(callbacks=[_Unpicklable()]), pytest.raises(ConfigError, match=r"callback.*num_processes=1"):
             MetaSPO(_exact, lm, lm, num_processes=2, **SIZES).compile(dspy.Predict(SIG), trainsets=_train())
+        with pytest.raises(ConfigError, match=r"_Local is not a dspy\.LM"):
+            ProTeGi(_exact, lm, _Local(), num_processes=2)
+        with dspy.context(callbacks=[_Unpicklable()]), pytest.raises(ConfigError, match=r"callback.*num_processes=1"):
+            APE(_exact, lm, lm, num_processes=2, progress=False).compile(dspy.Predict(SIG), trainset=_train()["a"])
         assert _served(url) == 0
 
 
 @needs_embedded
-def test_cli_refuses_processes_for_the_embedded_model_in_one_line(tmp_path):
+@pytest.mark.parametrize(
+    "command",
+    [["train"], ["test", "--system-prompt", "default"], ["test", "--system-prompt", "default", "--analysis", "tta"]],
+    ids=["train", "test-unseen", "test-tta"],
+)
+def test_cli_refuses_processes_for_the_embedded_model_in_one_line(tmp_path, command):
     result = metaspo(
-        "train", "-c", "generated", "--task-model", "embedded", "--optimizer-model", "embedded",
+        *command, "-c", "generated", "--task-model", "embedded", "--optimizer-model", "embedded",
         "--processes", "2", "--log-dir", str(tmp_path / "run"), cwd=tmp_path,
     )  # fmt: skip
     assert result.returncode == 2, result.stderr

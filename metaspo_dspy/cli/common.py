@@ -82,8 +82,8 @@ def add_config_arguments(parser: argparse.ArgumentParser, *, search: bool) -> No
     run.add_argument(
         "--processes",
         type=int,
-        help="client processes for evaluation grids (default 1; 2+ uses more cores for a fast model server): "
-        "training and unseen generalization; other analyses run in one process",
+        help="client processes for evaluation grids (default 1; 2+ uses more cores for a fast model server; "
+        "not with the embedded model)",
     )
     run.add_argument("--seed", type=int, help="run seed (default 42)")
     run.add_argument("--quiet", "-q", action="store_true", help="no progress bars")

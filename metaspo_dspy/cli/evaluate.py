@@ -187,6 +187,7 @@ def tta_run(config, tasks, prompt, models) -> dict[str, Any]:
             adapter=models.task_adapter,
             optimizer_adapter=models.optimizer_adapter,
             num_threads=models.threads(config.num_threads),
+            num_processes=config.num_processes,
             seed=config.seed,
         )
         result.pop("program")

@@ -62,10 +62,13 @@ def _build(config: LMConfig, role: str, default_max_tokens: int) -> tuple[Any, b
 def build_models(config: RunConfig, task_only: bool = False) -> Models:
     """The run's LMs: through LiteLLM, API keys from the environment, JSONAdapter for the embedded
     model (it cannot follow ChatAdapter's format), ReferenceAdapter for the reference prompt format.
-    With ``task_only`` the optimizer LM is not built (None)."""
+    With ``task_only`` the optimizer LM is not built (None). Refuses ``num_processes`` > 1 with a
+    task LM that worker processes cannot rebuild (the embedded model), before any call."""
     from metaspo_dspy.lm import recommended_adapter
+    from metaspo_dspy.optimize.task_run import check_processes
 
     task_lm, task_embedded = _build(config.task_lm, "task", EMBEDDED_TASK_MAX_TOKENS)
+    check_processes(config.num_processes, task_lm)
     optimizer_lm, optimizer_embedded = None, False
     if not task_only:
         optimizer_lm, optimizer_embedded = _build(config.optimizer_lm, "optimizer", EMBEDDED_OPTIMIZER_MAX_TOKENS)

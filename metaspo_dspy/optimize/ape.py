@@ -13,7 +13,7 @@ from typing import Any
 import dspy
 
 from metaspo_dspy.optimize.common import ConfigError
-from metaspo_dspy.optimize.single import SingleTaskOptimizer
+from metaspo_dspy.optimize.single import SingleTaskOptimizer, SingleTaskSearch
 from metaspo_dspy.program import WithSystemPrompt
 
 
@@ -57,7 +57,9 @@ class APE(SingleTaskOptimizer):
         """Optimize a single-predictor ``student``; returns it wrapped with the fixed system prompt."""
         if kwargs:
             raise ConfigError(f"unexpected compile() arguments {sorted(kwargs)}")
-        search = self._search(student, trainset, testset, task_name, prompt_suffix)
+        return self._execute(self._search(student, trainset, testset, task_name, prompt_suffix), task_name, testset)
+
+    def _run(self, search: SingleTaskSearch, task_name: str, testset: Any) -> WithSystemPrompt:
         task = search.tasks[task_name]
         if len(task.predictor_names) != 1:
             raise ConfigError(f"APE optimizes one instruction; this program has predictors {task.predictor_names}")

@@ -35,18 +35,13 @@ from metaspo_dspy.metrics import Metric
 from metaspo_dspy.optimize.artifact import reference_bilevel_nodes
 from metaspo_dspy.optimize.bilevel import BilevelRun
 from metaspo_dspy.optimize.common import ConfigError, PhaseLog, TaskRun, check_examples
+from metaspo_dspy.optimize.task_run import check_processes, positive_int
 from metaspo_dspy.optimize.wrapped import Unwrapped, choose, unwrap_programs
 from metaspo_dspy.program import DEFAULT_SYSTEM_PROMPT, MetaSPOProgram, SystemPrompt
 
 METHODS = ("metaspo", "outer_loop", "metaspo_ape")
 logger = logging.getLogger(__name__)
 __all__ = ["METHODS", "MetaSPO", "reference_bilevel_nodes"]
-
-
-def _positive(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigError(f"{name} must be a positive integer, got {value!r}")
-    return value
 
 
 class MetaSPO(Teleprompter):
@@ -153,10 +148,10 @@ class MetaSPO(Teleprompter):
         self.optimizer_lm = optimizer_lm
         self.task_lm = task_lm
         self.method = method
-        self.num_iterations = _positive("num_iterations", num_iterations)
-        self.num_system_candidates = _positive("num_system_candidates", num_system_candidates)
-        self.num_user_candidates = _positive("num_user_candidates", num_user_candidates)
-        self.user_top_k = _positive("user_top_k", user_top_k)
+        self.num_iterations = positive_int("num_iterations", num_iterations)
+        self.num_system_candidates = positive_int("num_system_candidates", num_system_candidates)
+        self.num_user_candidates = positive_int("num_user_candidates", num_user_candidates)
+        self.user_top_k = positive_int("user_top_k", user_top_k)
         # None: the wrapped programs' settings (see metaspo_dspy.optimize.wrapped), else the default.
         self._given = {
             "initial_system_prompt": initial_system_prompt is not None,
@@ -174,19 +169,12 @@ class MetaSPO(Teleprompter):
         self.instructions_in = instructions_in or "user"
         self.adapter = make_adapter(adapter)
         self.optimizer_adapter = make_adapter(optimizer_adapter)
-        self.num_threads = _positive("num_threads", num_threads)
-        self.num_processes = _positive("num_processes", num_processes)
-        if self.num_processes > 1:
-            from metaspo_dspy.processes import ProcessError, check_portable
-
-            try:
-                check_portable(task_lm, "task_lm")
-            except ProcessError as exc:
-                raise ConfigError(str(exc)) from None
+        self.num_threads = positive_int("num_threads", num_threads)
+        self.num_processes = check_processes(num_processes, task_lm)
         self.seed = seed
-        self.num_wrong_user = _positive("num_wrong_user", num_wrong_user)
-        self.num_wrong_system = _positive("num_wrong_system", num_wrong_system)
-        self.max_prompt_chars = _positive("max_prompt_chars", max_prompt_chars)
+        self.num_wrong_user = positive_int("num_wrong_user", num_wrong_user)
+        self.num_wrong_system = positive_int("num_wrong_system", num_wrong_system)
+        self.max_prompt_chars = positive_int("max_prompt_chars", max_prompt_chars)
         if len(initial) > self.max_prompt_chars:
             raise ConfigError(
                 f"initial_system_prompt has {len(initial):,} characters, more than max_prompt_chars="
@@ -266,13 +254,7 @@ class MetaSPO(Teleprompter):
                 f"max_lm_calls={self.budget.max_lm_calls} does not cover even the initial evaluation "
                 f"({initial} calls); raise the budget or use fewer train examples"
             )
-        if self.num_processes > 1:
-            from metaspo_dspy.processes import ProcessError, check_run
-
-            try:
-                check_run(self.task_lm, [task.program for task in tasks.values()])
-            except ProcessError as exc:
-                raise ConfigError(str(exc)) from None
+        check_processes(self.num_processes, self.task_lm, [task.program for task in tasks.values()])
         if self.preflight:
             for result in preflight([("task", self.task_lm or dspy.settings.lm), ("optimizer", self.optimizer_lm)]):
                 logger.info("preflight: %s", result.describe())

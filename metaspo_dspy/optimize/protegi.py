@@ -15,7 +15,7 @@ from typing import Any
 import dspy
 
 from metaspo_dspy.optimize.common import ConfigError
-from metaspo_dspy.optimize.single import SingleTaskOptimizer, node_dicts
+from metaspo_dspy.optimize.single import SingleTaskOptimizer, SingleTaskSearch, node_dicts
 from metaspo_dspy.program import WithSystemPrompt
 
 
@@ -60,7 +60,9 @@ class ProTeGi(SingleTaskOptimizer):
         """
         if kwargs:
             raise ConfigError(f"unexpected compile() arguments {sorted(kwargs)}")
-        search = self._search(student, trainset, testset, task_name, "")
+        return self._execute(self._search(student, trainset, testset, task_name, ""), task_name, testset)
+
+    def _run(self, search: SingleTaskSearch, task_name: str, testset: Any) -> WithSystemPrompt:
         root = self._root(search, task_name)
         search.begin("initial", None)
         search.evaluate([root], "train", "initial evaluation")

@@ -13,6 +13,7 @@ from metaspo_dspy.metrics import Metric
 from metaspo_dspy.optimize.common import ConfigError, SearchBase, TaskRun, check_examples
 from metaspo_dspy.optimize.proposer import Proposer
 from metaspo_dspy.optimize.state import PromptNode
+from metaspo_dspy.optimize.task_run import check_processes
 from metaspo_dspy.optimize.wrapped import choose, unwrap_programs
 from metaspo_dspy.program import DEFAULT_SYSTEM_PROMPT, MetaSPOProgram, SystemPrompt, WithSystemPrompt, as_system_prompt
 
@@ -33,7 +34,8 @@ class SingleTaskOptimizer(Teleprompter):
     ``compile`` unwraps a ``WithSystemPrompt`` student (``best.for_task(name)``, an earlier
     ProTeGi/APE result): the inner program is optimized, never re-wrapped; see
     :mod:`metaspo_dspy.optimize.wrapped`.
-        num_threads, seed, progress: as for ``MetaSPO``.
+        num_threads, num_processes, seed, progress: as for ``MetaSPO`` (``num_processes`` > 1: each
+            evaluation grid in worker processes; refused before any call where they cannot work).
     """
 
     def __init__(
@@ -48,6 +50,7 @@ class SingleTaskOptimizer(Teleprompter):
         seed: int = 42,
         progress: bool = True,
         max_prompt_chars: int = 8000,
+        num_processes: int = 1,
     ):
         super().__init__()
         if metric is None:
@@ -61,6 +64,7 @@ class SingleTaskOptimizer(Teleprompter):
         self.adapter = make_adapter(adapter)
         self.optimizer_adapter = make_adapter(optimizer_adapter)
         self.num_threads = num_threads
+        self.num_processes = check_processes(num_processes, task_lm)
         self.seed = seed
         self.progress = progress
         self.max_prompt_chars = max_prompt_chars
@@ -83,7 +87,10 @@ class SingleTaskOptimizer(Teleprompter):
         test = check_examples(task_name, testset, "test") if testset is not None else None
         train = check_examples(task_name, trainset, "train")
         task = TaskRun(task_name, unwrapped.programs[task_name], train, self.metric, test, suffix)
-        evaluator = GridEvaluator(self.task_lm, adapter, self.num_threads, self.progress)
+        check_processes(self.num_processes, self.task_lm, [task.program])
+        evaluator = GridEvaluator(
+            self.task_lm, adapter, self.num_threads, self.progress, num_processes=self.num_processes
+        )
         proposer = Proposer(
             self.optimizer_lm,
             self.optimizer_adapter,
@@ -94,6 +101,17 @@ class SingleTaskOptimizer(Teleprompter):
         search = SingleTaskSearch({task_name: task}, evaluator, proposer, fixed.instructions_in, self.seed)
         search.system_prompt, search.adapter = fixed, adapter
         return search
+
+    def _execute(self, search: SingleTaskSearch, task_name: str, testset: Any) -> WithSystemPrompt:
+        """The subclass's ``_run(search, task_name, testset)``; the evaluator's worker processes (if
+        any) are stopped however it ends."""
+        try:
+            return self._run(search, task_name, testset)
+        finally:
+            search.evaluator.close()
+
+    def _run(self, search: SingleTaskSearch, task_name: str, testset: Any) -> WithSystemPrompt:
+        raise NotImplementedError
 
     def _root(self, search: SingleTaskSearch, task_name: str) -> PromptNode:
         task = search.tasks[task_name]

@@ -80,19 +80,13 @@ from metaspo_dspy.metrics import Metric
 from metaspo_dspy.optimize.metaspo import MetaSPO
 from metaspo_dspy.optimize.sprig_library import Component, ComponentLibrary, load_components
 from metaspo_dspy.optimize.sprig_search import SprigRun
-from metaspo_dspy.optimize.task_run import ConfigError, TaskRun
+from metaspo_dspy.optimize.task_run import ConfigError, TaskRun, positive_int
 
 __all__ = ["SPRIG"]
 
 
 #: MetaSPO's arguments that SPRIG refuses (it has no user-prompt proposals, failures shown or screening).
 _NOT_SPRIG = ("method", "num_wrong_user", "num_wrong_system", "screening", "screening_keep")
-
-
-def _positive(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigError(f"{name} must be a positive integer, got {value!r}")
-    return value
 
 
 class SPRIG(MetaSPO):
@@ -144,12 +138,12 @@ class SPRIG(MetaSPO):
             raise ConfigError(f"SPRIG does not take {', '.join(unused)} (MetaSPO settings with no meaning for SPRIG)")
         super().__init__(metric=metric, optimizer_lm=optimizer_lm, task_lm=task_lm, **settings)
         self.method = "sprig"
-        self.beam_size = _positive("beam_size", beam_size)
-        self.num_candidates = _positive(
+        self.beam_size = positive_int("beam_size", beam_size)
+        self.num_candidates = positive_int(
             "num_candidates", self.num_system_candidates if num_candidates is None else num_candidates
         )
-        self.task_call_budget = None if task_call_budget is None else _positive("task_call_budget", task_call_budget)
-        self.max_iterations = None if max_iterations is None else _positive("max_iterations", max_iterations)
+        self.task_call_budget = None if task_call_budget is None else positive_int("task_call_budget", task_call_budget)
+        self.max_iterations = None if max_iterations is None else positive_int("max_iterations", max_iterations)
         if isinstance(exploration, bool) or not isinstance(exploration, (int, float)) or exploration < 0:
             raise ConfigError(f"exploration must be a number >= 0, got {exploration!r}")
         self.exploration = float(exploration)

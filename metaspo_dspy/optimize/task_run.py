@@ -4,7 +4,7 @@ on the examples and arguments every optimizer receives."""
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -15,6 +15,33 @@ from metaspo_dspy.metrics import Metric
 
 class ConfigError(ValueError):
     """Bad arguments to an optimizer; the message names the problem and the fix."""
+
+
+def positive_int(name: str, value: Any) -> int:
+    """``value`` if it is a positive int (not a bool), else a :class:`ConfigError` naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+    return value
+
+
+def check_processes(num_processes: Any, task_lm: Any, programs: Sequence[dspy.Module] | None = None) -> int:
+    """Validate ``num_processes`` and, when it is above 1, refuse with a :class:`ConfigError` what
+    worker processes cannot rebuild (see :mod:`metaspo_dspy.processes`): the task LM (``None`` is
+    not checked: the LM is not known yet); given ``programs`` (the run is about to start), also their
+    predictors' LMs, the programs themselves and ``dspy.settings`` callbacks, with ``task_lm=None``
+    meaning ``dspy.settings.lm``. Makes no LM call. Returns ``num_processes``."""
+    num_processes = positive_int("num_processes", num_processes)
+    if num_processes > 1:
+        from metaspo_dspy.processes import ProcessError, check_portable, check_run
+
+        try:
+            if programs is None:
+                check_portable(task_lm, "task_lm")
+            else:
+                check_run(task_lm, programs)
+        except ProcessError as exc:
+            raise ConfigError(str(exc)) from None
+    return num_processes
 
 
 def check_examples(task: str, examples: Any, split: str) -> list[dspy.Example]:
