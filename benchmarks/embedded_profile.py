@@ -94,15 +94,15 @@ def outcome(run: Path) -> dict:
 
 
 def without_timings(value: Any) -> Any:
-    """``value`` without the keys that hold durations (``seconds`` of each phase, ``time``...)."""
+    """``value`` without the ``seconds`` keys (each phase's duration, the only timings a program holds)."""
     if isinstance(value, dict):
-        return {k: without_timings(v) for k, v in value.items() if not ("second" in k or "time" in k)}
+        return {k: without_timings(v) for k, v in value.items() if k != "seconds"}
     if isinstance(value, list):
         return [without_timings(v) for v in value]
     return value
 
 
-def table(walls: dict, per_command: dict) -> list[list]:
+def table(per_command: dict) -> list[list]:
     rows = []
     for label, calls in per_command.items():
         for row in summarize(calls):
@@ -133,7 +133,7 @@ def main() -> None:
             results[greedy_grammar] = run_demo(Path(tmp), args.quick, greedy_grammar)
     walls, per_command, produced = results[True]
     text = "Wall: " + ", ".join(f"{k} {v:.0f} s" for k, v in walls.items()) + ".\n\n"
-    text += markdown(table(walls, per_command), HEADERS)
+    text += markdown(table(per_command), HEADERS)
     data = {"quick": args.quick, "wall_s": walls, "calls": per_command}
     if args.compare:
         stock_walls, stock_calls, stock_produced = results[False]
@@ -150,7 +150,7 @@ def main() -> None:
             + f" ({len(produced['evaluations'])} journaled evaluations).\n\nDefault:\n\n"
             + text
             + "\n\nllama-cpp-python's chain:\n\n"
-            + markdown(table(stock_walls, stock_calls), HEADERS)
+            + markdown(table(stock_calls), HEADERS)
         )
     save(args.name, data, text)
     if args.compare and not all(data["identical"].values()):

@@ -149,13 +149,7 @@ def unseen_generalization(
                 )
             )
             owners.append((task.name, prompt))
-    evaluator = GridEvaluator(task_lm, adapter, num_threads, progress, num_processes=num_processes)
-    try:
-        results = evaluator.evaluate(jobs, desc="unseen generalization")
-    except ProcessError as exc:
-        raise ConfigError(str(exc)) from None
-    finally:
-        evaluator.close()
+    results = _evaluate(jobs, "unseen generalization", task_lm, adapter, num_threads, progress, num_processes)
     per_task: dict[str, dict[str, Any]] = {}
     for (name, prompt), result in zip(owners, results, strict=True):
         entry = per_task.setdefault(name, {"scores": [], "user_prompts": [], "failures": 0})
@@ -171,6 +165,20 @@ def unseen_generalization(
         "tasks": per_task,
         "task_lm_calls": sum(r.lm_calls for r in results),
     }
+
+
+def _evaluate(
+    jobs: list[EvalJob], desc: str, task_lm: Any, adapter: Any, num_threads: int, progress: bool, num_processes: int
+) -> list[Any]:
+    """One evaluation grid on its own evaluator, whose worker processes (if any) are stopped after;
+    a grid that cannot travel to them is a :class:`ConfigError`."""
+    evaluator = GridEvaluator(task_lm, adapter, num_threads, progress, num_processes=num_processes)
+    try:
+        return evaluator.evaluate(jobs, desc=desc)
+    except ProcessError as exc:
+        raise ConfigError(str(exc)) from None
+    finally:
+        evaluator.close()
 
 
 def test_time_adaptation(
@@ -276,13 +284,8 @@ def _with_teleprompter(
         for program in (initial, final)
         for examples in (train, test)
     ]
-    evaluator = GridEvaluator(task_lm, adapter, num_threads, progress, num_processes=num_processes)
-    try:
-        scores = [r.score for r in evaluator.evaluate(jobs, "test-time adaptation")]
-    except ProcessError as exc:
-        raise ConfigError(str(exc)) from None
-    finally:
-        evaluator.close()
+    results = _evaluate(jobs, "test-time adaptation", task_lm, adapter, num_threads, progress, num_processes)
+    scores = [r.score for r in results]
 
     def node(program: dspy.Module, train_score: float, test_score: float) -> dict[str, Any]:
         return {

@@ -6,9 +6,11 @@ JSON grammar that chain is *penalties -> grammar -> greedy*, so the grammar is a
 token with the grammar, 11 without; ``benchmarks/embedded_profile.py``). llama.cpp's own
 ``common_sampler_sample`` avoids that: it takes the penalised argmax first, asks the grammar about
 that one token, and only when the grammar rejects it runs the grammar over the whole vocabulary and
-picks again. :class:`GreedyGrammarSampler` does exactly that with llama.cpp's own samplers (the
+picks again. :class:`GreedyGrammarSampler` does the same with llama.cpp's own samplers (the
 penalties and greedy samplers in a chain, the grammar sampler apart), through llama-cpp-python's
-public low-level API.
+public low-level API, with one step between: when the greedy pick is rejected, the grammar is asked
+about the entries above the 64th, then the 1,024th highest penalised logit (:data:`TOPS`) before the
+whole vocabulary.
 
 Why the token is always the one the full chain picks:
 
@@ -16,8 +18,9 @@ Why the token is always the one the full chain picks:
   logits to ``-inf`` and a penalty leaves ``-inf`` at ``-inf``, so their order does not matter;
 * greedy picks the first entry with the largest logit (entries in token-id order). If the
   unconstrained pick is allowed by the grammar, no allowed entry has a larger logit and none with an
-  equal logit comes before it (it would have been picked), so it is also the constrained pick;
-  otherwise the full pass runs, which is the chain itself;
+  equal logit comes before it (it would have been picked), so it is also the constrained pick. The
+  same holds inside a subset of the entries strictly above a threshold, kept in token-id order:
+  every entry outside has a smaller logit. Otherwise the full pass runs, which is the chain itself;
 * each chosen token is accepted exactly once into the penalty history and the grammar state, as the
   chain's ``llama_sampler_sample`` does.
 
@@ -35,6 +38,8 @@ from typing import Any
 
 import llama_cpp
 import numpy as np
+
+from metaspo_dspy.lm.json_grammar import grammar_sampler
 
 #: llama.cpp's ``llama_token_data`` (id, logit, p) as a numpy record.
 _TOKEN_DATA = np.dtype([("id", np.intc), ("logit", np.single), ("p", np.single)], align=True)
@@ -75,10 +80,7 @@ class GreedyGrammarSampler:
             ),
         )
         llama_cpp.llama_sampler_chain_add(self._chain, llama_cpp.llama_sampler_init_greedy())
-        vocab = llama_cpp.llama_model_get_vocab(llama.model)
-        self._grammar = llama_cpp.llama_sampler_init_grammar(
-            vocab, grammar._grammar.encode("utf-8"), grammar._root.encode("utf-8")
-        )
+        self._grammar = grammar_sampler(llama, grammar)
         if not self._grammar:
             llama_cpp.llama_sampler_free(self._chain)
             raise ValueError("llama.cpp rejected the grammar")

@@ -62,13 +62,21 @@ def cap_strings(schema: dict[str, Any], max_tokens: int) -> dict[str, Any]:
     return schema
 
 
+def grammar_sampler(llama: Any, grammar: Any) -> Any:
+    """A new llama.cpp grammar sampler for ``grammar`` (a ``LlamaGrammar``) over ``llama``'s
+    vocabulary, as llama-cpp-python builds it; a NULL pointer (falsy) when llama.cpp rejects the
+    grammar. The caller frees it with ``llama_cpp.llama_sampler_free``."""
+    import llama_cpp
+
+    vocab = llama_cpp.llama_model_get_vocab(llama.model)
+    return llama_cpp.llama_sampler_init_grammar(vocab, grammar._grammar.encode("utf-8"), grammar._root.encode("utf-8"))
+
+
 def _grammar_valid(llama: Any, grammar: Any) -> bool:
     """Whether llama.cpp accepts ``grammar``: an invalid one would crash the sampler (NULL)."""
     import llama_cpp
 
-    sampler = llama_cpp.llama_sampler_init_grammar(
-        llama._model.vocab, grammar._grammar.encode("utf-8"), grammar._root.encode("utf-8")
-    )
+    sampler = grammar_sampler(llama, grammar)
     if not sampler:
         return False
     llama_cpp.llama_sampler_free(sampler)
