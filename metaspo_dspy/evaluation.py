@@ -16,10 +16,11 @@ that stopped because its model failed is resumed to ask those items again.
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import threading
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor, as_completed
+from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,8 +29,11 @@ from dspy.utils.usage_tracker import UsageTracker
 
 from metaspo_dspy.adapters import message_text
 from metaspo_dspy.digests import _jsonable, item_key, job_digest, lm_identity, program_state  # noqa: F401 - re-exported
+from metaspo_dspy.input_check import InputWatcher, MissingInputs, bare_mismatch, is_bare, mismatch_message
 from metaspo_dspy.journal import Journal
-from metaspo_dspy.metrics import Metric, TaskMetric, is_wrong, score_example, task_score
+from metaspo_dspy.ledger import Ledger
+from metaspo_dspy.metrics import Metric, TaskMetric, answer_parsed, is_wrong, score_example, task_score
+from metaspo_dspy.optimize.task_run import ConfigError
 from metaspo_dspy.recorder import CallRecorder, LMCall
 from metaspo_dspy.redact import redact
 from metaspo_dspy.scope import needs_rider, system_prompt_scope
@@ -60,6 +64,8 @@ class ExampleResult:
     calls: list[LMCall] = field(default_factory=list)
     cached: bool = False
     usage: dict[str, dict[str, int]] = field(default_factory=dict)
+    #: whether an answer could be read (:func:`~metaspo_dspy.metrics.answer_parsed`; None: n/a)
+    parsed: bool | None = None
 
     @property
     def wrong(self) -> bool:
@@ -94,18 +100,33 @@ class NodeEval:
     def failures(self) -> int:
         return sum(1 for r in self.results if r.error is not None)
 
+    @property
+    def parsed_counts(self) -> tuple[int, int]:
+        """(answers parsed, answers where parsing applies) over the results."""
+        applicable = [r.parsed for r in self.results if r.parsed is not None]
+        return sum(applicable), len(applicable)
+
+    @property
+    def parsed_share(self) -> float | None:
+        """The share of answers parsed (None where parsing does not apply to any result)."""
+        parsed, of = self.parsed_counts
+        return parsed / of if of else None
+
 
 @dataclass
 class _Raw:
-    """One program run: its prediction (None on failure), error, and compacted LM calls."""
+    """One program run: its prediction (None on failure), error, compacted LM calls, tokens, and the
+    predictors it called without a required input (:mod:`metaspo_dspy.input_check`; journaled only
+    when there are some, so a record without ``missing_inputs`` -- also an older one -- has none)."""
 
     prediction: dspy.Prediction | None
     error: str | None
     calls: list[LMCall]
     usage: dict[str, dict[str, int]] = field(default_factory=dict)
+    missing_inputs: list[MissingInputs] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        data = {
             "prediction": None if self.prediction is None else _jsonable(dict(self.prediction.items())),
             "error": self.error,
             "usage": self.usage,
@@ -114,6 +135,9 @@ class _Raw:
                 for c in self.calls
             ],
         }
+        if self.missing_inputs:
+            data["missing_inputs"] = [m.to_json() for m in self.missing_inputs]
+        return data
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> _Raw:
@@ -121,7 +145,8 @@ class _Raw:
         calls = [
             LMCall(c["predictor"], [{"role": "user", "content": c["user"]}], c["completion"]) for c in data["calls"]
         ]
-        return cls(prediction, data["error"], calls, data.get("usage") or {})
+        missing = [MissingInputs.from_json(m) for m in data.get("missing_inputs") or []]
+        return cls(prediction, data["error"], calls, data.get("usage") or {}, missing)
 
 
 def _last_user(messages: list[dict[str, Any]]) -> str:
@@ -135,8 +160,19 @@ def _compact(calls: list[LMCall]) -> list[LMCall]:
 
 
 def run_item(job: EvalJob, names: dict[int, str], example: dspy.Example, task_lm: Any, adapter: Any) -> _Raw:
-    """Run ``job``'s program on one example under its system prompt; never raises for LM faults."""
+    """Run ``job``'s program on one example under its system prompt; never raises for LM faults.
+
+    Unless the program is bare (:func:`~metaspo_dspy.input_check.is_bare`: its examples are checked
+    before any call), an :class:`~metaspo_dspy.input_check.InputWatcher` joins the callbacks in
+    effect for this run only; the predictors it saw called without a required input are returned
+    in ``missing_inputs`` (the caller decides what to do)."""
     recorder = CallRecorder(predictor_names=names)
+    watcher = None if is_bare(job.program) else InputWatcher(names)
+    watching = (
+        dspy.context(callbacks=[*(dspy.settings.get("callbacks") or []), watcher])
+        if watcher is not None
+        else contextlib.nullcontext()
+    )
     overrides: dict[str, Any] = {"trace": [], "metaspo_recorder": recorder}
     if task_lm is not None:
         overrides["lm"] = task_lm
@@ -145,12 +181,15 @@ def run_item(job: EvalJob, names: dict[int, str], example: dspy.Example, task_lm
     with dspy.track_usage() as tracker:
         try:
             ride = needs_rider(job.program)
-            with system_prompt_scope(job.system_prompt, job.instructions_in, adapter, ride, **overrides):
+            with watching, system_prompt_scope(job.system_prompt, job.instructions_in, adapter, ride, **overrides):
                 prediction = job.program(**example.inputs())
-            return _Raw(prediction, None, _compact(recorder.calls), token_counts(tracker))
+            raw = _Raw(prediction, None, _compact(recorder.calls), token_counts(tracker))
         except Exception as exc:
             error = redact(f"{type(exc).__name__}: {exc}")[:2000]
-            return _Raw(None, error, _compact(recorder.calls), token_counts(tracker))
+            raw = _Raw(None, error, _compact(recorder.calls), token_counts(tracker))
+    if watcher is not None:
+        raw.missing_inputs = watcher.missing
+    return raw
 
 
 class GridEvaluator:
@@ -165,11 +204,20 @@ class GridEvaluator:
         num_processes: client processes (1: this one). With K > 1 each grid's program runs go to K
             worker processes (:mod:`metaspo_dspy.processes`; results, faults and usage come back,
             this process alone journals); :meth:`close` stops them.
+        journal: where finished program runs are kept (and read back); None: in memory.
+        ledger: where each finished program run's task calls and tokens are recorded as it comes
+            back (:mod:`metaspo_dspy.ledger`); None: in memory. Runs that were already sent when
+            a grid is interrupted (Ctrl-C) are waited for and kept like finished ones.
 
     Contract: :meth:`evaluate` never raises for a failed LM call, an empty or truncated answer, or a
     parse failure (the example scores 0 and carries the redacted error, so it counts as a failure);
     it raises :class:`~metaspo_dspy.metrics.MetricError` when a metric raises or
-    returns something other than a score, since that is a bug in the metric, not in the model.
+    returns something other than a score, since that is a bug in the metric, not in the model; and
+    :class:`~metaspo_dspy.optimize.task_run.ConfigError` when a predictor would be, or was, called
+    without a required input (:mod:`metaspo_dspy.input_check`), a bug in the examples or the
+    program: before any call for a bare ``Predict``/``ChainOfThought``, else after the first program
+    run of each task (the run is journaled with what was missing, so a resumed run stops the same way
+    without asking again).
     """
 
     def __init__(
@@ -180,6 +228,7 @@ class GridEvaluator:
         progress: bool = True,
         journal: Journal | None = None,
         num_processes: int = 1,
+        ledger: Ledger | None = None,
     ):
         if num_threads < 1:
             raise ValueError(f"num_threads must be >= 1, got {num_threads}")
@@ -192,8 +241,10 @@ class GridEvaluator:
         self.num_threads = num_threads
         self.progress = progress
         self.journal = journal if journal is not None else Journal(None)
+        self.ledger = ledger if ledger is not None else Ledger(None)
         self._memo: dict[str, _Raw] = {}
         self._lock = threading.Lock()
+        self._inputs_checked: set[str] = set()  # tasks whose first program run had every input
         self.requests = 0  # program runs that were not served from the memo or the journal
 
     def evaluate(self, jobs: Sequence[EvalJob], desc: str = "evaluate") -> list[NodeEval]:
@@ -217,7 +268,9 @@ class GridEvaluator:
                     cached.add(key)
                 elif key not in todo:
                     todo[key] = (j, i)
+        self._check_inputs(jobs, items, todo, names_per_job, raws, desc)
         self._run_all(todo, jobs, names_per_job, raws, desc)
+        _refuse_missing_inputs(jobs, items, raws)
 
         per_job: list[list[tuple[int, str]]] = [[] for _ in jobs]
         for j, i, key in items:
@@ -233,6 +286,7 @@ class GridEvaluator:
 
     def _collect(self, key: str, raw: _Raw, raws: dict[str, _Raw], bar: Any) -> None:
         raws[key] = raw
+        self.ledger.paid("task", len(raw.calls), raw.usage)
         self.journal.put(key, raw.to_json())
         with self._lock:
             self._memo[key] = raw
@@ -269,19 +323,56 @@ class GridEvaluator:
 
         bar = _progress(len(todo), desc) if self.progress else None
         pool = ThreadPoolExecutor(max_workers=min(self.num_threads, len(todo)))
+        futures: list[Future] = []
         try:
             futures = [pool.submit(contextvars.copy_context().run, work, key) for key in todo]
             for future in as_completed(futures):
                 key, raw = future.result()
                 self._collect(key, raw, raws, bar)
         except BaseException:
-            # Ctrl-C or a bug: drop queued items at once (finished ones are already journaled).
+            # Ctrl-C or a bug: drop queued items at once; the ones already sent still finish, and
+            # what they paid for is kept like any finished item's (journal, ledger).
             pool.shutdown(wait=False, cancel_futures=True)
+            for future in futures:
+                if not future.cancelled() and future.exception() is None:
+                    key, raw = future.result()
+                    if key not in raws:
+                        self._collect(key, raw, raws, bar)
             raise
         finally:
             pool.shutdown(wait=True)
             if bar is not None:
                 bar.close()
+
+    def _check_inputs(
+        self,
+        jobs: Sequence[EvalJob],
+        items: Sequence[tuple[int, int, str]],
+        todo: dict[str, tuple[int, int]],
+        names_per_job: Sequence[dict[int, str]],
+        raws: dict[str, _Raw],
+        desc: str,
+    ) -> None:
+        """Refuse a grid whose predictors would miss a required input, as early as possible: a bare
+        program's examples before any call; runs read back (memo, journal) before any new one; for
+        every other program, the first item of each task not checked yet runs first, alone with the
+        other tasks' first items (one program run per task), and is checked before the rest. The
+        items run here leave ``todo`` (their results are in ``raws``)."""
+        for job in jobs:
+            found = bare_mismatch(job.program, job.examples)
+            if found is not None:
+                index, problem = found
+                raise ConfigError(mismatch_message(job.task, _where(job, index), [problem], job.examples[index]))
+        _refuse_missing_inputs(jobs, items, raws)
+        first: dict[str, str] = {}
+        for j, _, key in items:
+            if jobs[j].task not in self._inputs_checked and not is_bare(jobs[j].program):
+                first.setdefault(jobs[j].task, key)
+        probe = {key: todo.pop(key) for key in first.values() if key in todo}
+        if probe:
+            self._run_all(probe, jobs, names_per_job, raws, f"{desc} (first run per task)")
+            _refuse_missing_inputs(jobs, items, raws)
+        self._inputs_checked.update(first)
 
     def _recall(self, key: str) -> _Raw | None:
         """This process's result for ``key``, else a journaled success (a journaled failure -- from
@@ -306,6 +397,7 @@ class GridEvaluator:
             else:
                 s = score_example(job.metric, example, raw.prediction, where)
                 score, feedback = s.value, s.feedback
+            parsed = answer_parsed(job.metric, example, raw.prediction)
             predictions.append(raw.prediction)
             results.append(
                 ExampleResult(
@@ -317,6 +409,7 @@ class GridEvaluator:
                     calls=list(raw.calls),
                     cached=key in seen,
                     usage=raw.usage,
+                    parsed=parsed,
                 )
             )
             seen.add(key)
@@ -325,6 +418,25 @@ class GridEvaluator:
         else:
             total = sum(r.score for r in results) / len(results) if results else 0.0
         return NodeEval(score=total, results=results)
+
+
+def _refuse_missing_inputs(
+    jobs: Sequence[EvalJob], items: Sequence[tuple[int, int, str]], raws: dict[str, _Raw]
+) -> None:
+    """Raise :class:`ConfigError` when a program run in ``raws`` called a predictor without a
+    required input, naming, per task, the first such example of the grid (items not in ``raws``
+    are skipped)."""
+    lines: dict[str, str] = {}
+    for j, i, key in items:
+        raw, job = raws.get(key), jobs[j]
+        if raw is not None and raw.missing_inputs and job.task not in lines:
+            lines[job.task] = mismatch_message(job.task, _where(job, i), raw.missing_inputs, job.examples[i])
+    if lines:
+        raise ConfigError(" | ".join(lines.values()))
+
+
+def _where(job: EvalJob, index: int) -> str:
+    return f"example {index}" + (f" of {job.label}" if job.label else "")
 
 
 def token_counts(tracker: UsageTracker) -> dict[str, dict[str, int]]:

@@ -51,20 +51,8 @@ class Journal:
                 self._entries[key] = value
 
     def _read(self, path: Path) -> Iterator[tuple[str, Any]]:
-        with open(path, "rb") as handle:
-            for number, line in enumerate(handle, 1):
-                if not line.strip():
-                    continue
-                try:
-                    record = json.loads(line.decode("utf-8"))
-                except (UnicodeDecodeError, json.JSONDecodeError):
-                    logger.warning("skipping unreadable line %d of %s (interrupted write?)", number, path)
-                    continue
-                problem = self._problem(record)
-                if problem:
-                    logger.warning("skipping line %d of %s: %s (it will be asked again)", number, path, problem)
-                    continue
-                yield record["key"], record["value"]
+        for record in read_lines(path, self._problem, " (it will be asked again)"):
+            yield record["key"], record["value"]
 
     def _problem(self, record: Any) -> str | None:
         """Why ``record`` is not a usable journal record, or None."""
@@ -120,6 +108,26 @@ class Journal:
                     handle.close()
                 except OSError as exc:  # the last write's unflushed bytes (disk full, ...)
                     raise with_filename(exc, self.path) from exc
+
+
+def read_lines(path: Path, problem: Callable[[Any], str | None], consequence: str = "") -> Iterator[Any]:
+    """The JSON values of the lines of ``path`` for which ``problem`` returns None. Blank lines are
+    passed over; an unreadable line (torn by a killed writer, corrupt) and a value with a problem
+    are skipped with a warning naming the line (``consequence`` is appended to it)."""
+    with open(path, "rb") as handle:
+        for number, line in enumerate(handle, 1):
+            if not line.strip():
+                continue
+            try:
+                value = json.loads(line.decode("utf-8"))
+            except (UnicodeDecodeError, json.JSONDecodeError):
+                logger.warning("skipping unreadable line %d of %s (interrupted write?)", number, path)
+                continue
+            found = problem(value)
+            if found:
+                logger.warning("skipping line %d of %s: %s%s", number, path, found, consequence)
+                continue
+            yield value
 
 
 def _ends_with_newline(path: Path) -> bool:

@@ -114,7 +114,9 @@ def unseen_generalization(
     ``num_processes`` > 1 runs the grid in worker processes, as in :class:`MetaSPO`.
 
     Returns ``{"system_prompt", "average", "tasks": {name: {"mean", "stdev", "scores",
-    "user_prompts", "failures"}}, "task_lm_calls"}``; ``average`` is the mean of the task means.
+    "user_prompts", "failures", "parsed"}}, "task_lm_calls"}``; ``average`` is the mean of the task
+    means; ``parsed`` is ``{"parsed": n, "answers": m}``, the answers the task's metric could read
+    out of those where parsing applies (:func:`~metaspo_dspy.metrics.answer_parsed`).
     All tasks x prompts x test examples run as one evaluation grid.
     """
     system_prompt = as_system_prompt(system_prompt)
@@ -125,18 +127,23 @@ def unseen_generalization(
     check_processes(num_processes, task_lm if task_lm is not None else dspy.settings.lm)
     folder = Path(prompts_dir) if prompts_dir is not None else None
     adapter = make_adapter(adapter)
-    jobs, owners = [], []
-    for task in tasks:
-        prompts = _prompts_for(task, user_prompts, folder, num_user_prompts, optimizer_lm, seed, optimizer_adapter)
-        run = TaskRun(
+    # Every task is checked (examples, inputs, one predictor) before any user prompt is written.
+    runs = [
+        TaskRun(
             task.name,
             task.program(),
             check_examples(task.name, task.train or task.test, "train"),
             task.metric,
             check_examples(task.name, task.test, "test"),
         )
+        for task in tasks
+    ]
+    for run in runs:
         if len(run.predictor_names) != 1:
-            raise ConfigError(f"task {task.name!r}: unseen user prompts need a single-predictor program")
+            raise ConfigError(f"task {run.name!r}: unseen user prompts need a single-predictor program")
+    jobs, owners = [], []
+    for task, run in zip(tasks, runs, strict=True):
+        prompts = _prompts_for(task, user_prompts, folder, num_user_prompts, optimizer_lm, seed, optimizer_adapter)
         for prompt in prompts:
             jobs.append(
                 EvalJob(
@@ -152,10 +159,15 @@ def unseen_generalization(
     results = _evaluate(jobs, "unseen generalization", task_lm, adapter, num_threads, progress, num_processes)
     per_task: dict[str, dict[str, Any]] = {}
     for (name, prompt), result in zip(owners, results, strict=True):
-        entry = per_task.setdefault(name, {"scores": [], "user_prompts": [], "failures": 0})
+        entry = per_task.setdefault(
+            name, {"scores": [], "user_prompts": [], "failures": 0, "parsed": {"parsed": 0, "answers": 0}}
+        )
         entry["scores"].append(result.score)
         entry["user_prompts"].append(prompt)
         entry["failures"] += result.failures
+        parsed, answers = result.parsed_counts
+        entry["parsed"]["parsed"] += parsed
+        entry["parsed"]["answers"] += answers
     for entry in per_task.values():
         entry["mean"] = statistics.fmean(entry["scores"])
         entry["stdev"] = statistics.stdev(entry["scores"]) if len(entry["scores"]) > 1 else 0.0

@@ -12,6 +12,12 @@ A metric is either
 An example is *wrong* when its per-example score is below the maximum, 1.0. A failed call (LM or
 parse error) scores 0 and is wrong; a :class:`TaskMetric` receives ``None`` as its prediction.
 Scores are fractions in ``[0, 1]`` (``dspy.Evaluate`` shows percent; we never do).
+
+An answer is *parsed* when a score could be read from it at all (:func:`answer_parsed`): a metric
+may say so through an optional ``parsed(example, prediction) -> bool | None`` method (the task
+suites' metrics do: the reference format's format-error value is "not parsed"; ``None`` means the
+notion does not apply, as for grounding's whole-response match). A failed call is never parsed;
+a metric without the method counts every successful program run as parsed.
 """
 
 from __future__ import annotations
@@ -126,6 +132,24 @@ def task_score(
             raise MetricError(f"task metric raised {type(exc).__name__}: {exc} for {where}") from exc
         return to_score(value, where).value
     return sum(per_example) / len(per_example)
+
+
+def answer_parsed(metric: Metric, example: dspy.Example, prediction: dspy.Prediction | None) -> bool | None:
+    """Whether ``prediction`` carries an answer the task's metric could read (see the module
+    docstring): False for a failed call (``None``), the metric's own ``parsed`` verdict where it
+    has one (``None``: not applicable to this metric), else True. A ``parsed`` method that raises
+    is a :class:`MetricError`."""
+    if prediction is None:
+        return False
+    fn = metric.per_example if isinstance(metric, TaskMetric) else metric
+    check = getattr(fn, "parsed", None)
+    if not callable(check):
+        return True
+    try:
+        verdict = check(example, prediction)
+    except Exception as exc:
+        raise MetricError(f"metric's parsed() raised {type(exc).__name__}: {exc}") from exc
+    return None if verdict is None else bool(verdict)
 
 
 def is_wrong(score: float) -> bool:

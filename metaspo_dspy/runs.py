@@ -6,6 +6,10 @@ Layout (everything written atomically or append-only)::
                                wrote it, and the settings that shape results (compared on resume)
     RUN_DIR/evaluations.jsonl  every completed program run, as it completes
     RUN_DIR/proposals.jsonl    every completed proposal, as it completes
+    RUN_DIR/ledger.jsonl       every paid unit (a program run's task calls, an optimizer call) and
+                               each process's time, as they happen, over every process of the run
+                               (:mod:`metaspo_dspy.ledger`; the artifact's ``cumulative``)
+    RUN_DIR/faults.jsonl       every LM fault, over every process (:mod:`metaspo_dspy.faults`)
     RUN_DIR/checkpoint.json    the run's history so far, after every phase
     RUN_DIR/metaspo_run.json   the final artifact (MetaSPO.detailed_results)
     RUN_DIR/bilevel_nodes.json the same history in the reference code's shape
@@ -18,6 +22,11 @@ evaluations and proposals are read back instead of being asked again, so the run
 it stopped and, with a deterministic model, ends exactly as an uninterrupted run would. A journal
 record of the wrong shape is skipped with a warning (and asked again). A directory whose
 ``run.json`` records another format (a newer version's, or none) is refused with the reason.
+
+A *finished* run (:func:`finished_run`: ``metaspo_run.json`` complete, not stopped by its budget)
+has nothing to resume: ``metaspo train --resume`` and ``MetaSPO(resume=True)`` send nothing and
+write nothing (the latter returns the saved program). A run stopped by its budget, or unfinished,
+resumes as above, and the calls that failed in it are asked again.
 """
 
 from __future__ import annotations
@@ -32,6 +41,7 @@ from filelock import FileLock, Timeout
 
 from metaspo_dspy.io import atomic_write_json
 from metaspo_dspy.journal import Journal
+from metaspo_dspy.ledger import LEDGER_FILE, Ledger
 
 RUN_FORMAT = "metaspo-dspy/run-dir/v1"
 _FORMAT = re.compile(r"metaspo-dspy/run-dir/v(\d+)")
@@ -44,6 +54,19 @@ def last_opened() -> Path | None:
     return _OPENED[-1] if _OPENED else None
 
 
+def finished_run(path: str | Path) -> dict[str, Any] | None:
+    """The artifact of the finished run in ``path`` -- its ``metaspo_run.json`` says ``complete``
+    and names no ``stopped`` reason -- else None (no artifact, an unreadable one, or a run stopped
+    by its budget: those resume as usual)."""
+    try:
+        artifact = json.loads((Path(path) / "metaspo_run.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if isinstance(artifact, dict) and artifact.get("complete") is True and artifact.get("stopped") is None:
+        return artifact
+    return None
+
+
 def _fields_problem(value: Any, types: dict[str, tuple[type, ...]], what: str) -> str | None:
     if not isinstance(value, dict):
         return f"{what} must be a mapping, got {type(value).__name__}"
@@ -54,24 +77,44 @@ def _fields_problem(value: Any, types: dict[str, tuple[type, ...]], what: str) -
 
 
 _TEXT = (str, type(None))
-_EVALUATION_FIELDS = {"prediction": (dict, type(None)), "error": _TEXT, "calls": (list,), "usage": (dict, type(None))}
+_EVALUATION_FIELDS = {
+    "prediction": (dict, type(None)),
+    "error": _TEXT,
+    "calls": (list,),
+    "usage": (dict, type(None)),
+    "missing_inputs": (list,),
+}
+_MISSING_FIELDS = {"predictor": (str,), "missing": (list,), "given": (list,)}
 _CALL_FIELDS = {"predictor": _TEXT, "user": (str,), "completion": (object,)}
 _PROPOSAL_FIELDS = {"analysis": _TEXT, "text": _TEXT, "status": (str,), "reason": _TEXT, "optimizer_calls": (int,)}
 _PROPOSAL_OPTIONAL = {"failed": (bool,)}
 
 
 def evaluation_problem(value: Any) -> str | None:
-    """Why ``value`` is not an evaluations-journal entry (``GridEvaluator``'s record), or None."""
+    """Why ``value`` is not an evaluations-journal entry (``GridEvaluator``'s record), or None.
+    ``usage`` and ``missing_inputs`` (predictors called without a required input: ``predictor``,
+    ``missing`` and ``given``) are optional; a record without ``missing_inputs`` has none."""
     problem = _fields_problem(value, _EVALUATION_FIELDS, "an evaluation")
     if problem is None and not {"prediction", "error", "calls"} <= set(value):
         problem = "an evaluation needs 'prediction', 'error' and 'calls'"
-    for call in value.get("calls", []) if problem is None else []:
-        problem = _fields_problem(call, _CALL_FIELDS, "a call") or (
-            None if set(_CALL_FIELDS) <= set(call) else "a call needs 'predictor', 'user' and 'completion'"
+    if problem is None:
+        problem = _entries_problem(value.get("calls", []), _CALL_FIELDS, set(_CALL_FIELDS), "a call")
+    if problem is None:
+        problem = _entries_problem(
+            value.get("missing_inputs", []), _MISSING_FIELDS, {"predictor", "missing"}, "a missing-inputs entry"
         )
-        if problem:
-            break
     return problem
+
+
+def _entries_problem(entries: list[Any], types: dict[str, tuple[type, ...]], needed: set[str], what: str) -> str | None:
+    """Why one of ``entries`` is not ``what`` (field ``types``, the ``needed`` fields), or None."""
+    for entry in entries:
+        problem = _fields_problem(entry, types, what)
+        if problem is None and not needed <= set(entry):
+            problem = f"{what} needs {', '.join(repr(name) for name in types if name in needed)}"
+        if problem:
+            return problem
+    return None
 
 
 def proposal_problem(value: Any) -> str | None:
@@ -133,6 +176,9 @@ class RunDir:
         settings: JSON-able settings that shape the run's results (no secrets).
         resume: continue the run recorded there; its settings must equal ``settings``.
 
+    Its ``evaluations`` and ``proposals`` journals and its ``ledger`` (:class:`~metaspo_dspy.ledger.Ledger`)
+    are open until :meth:`close`; opening writes nothing on resume.
+
     The open run directory holds an exclusive lock (``RUN_DIR/.lock``) until :meth:`close`: a
     second process (or a second open in this one) that tries to run or resume the same folder at
     the same time gets a :class:`RunDirError` instead of interleaving its journals with the first's.
@@ -156,6 +202,10 @@ class RunDir:
             raise
         self.evaluations = Journal(self.path / "evaluations.jsonl", check=evaluation_problem)
         self.proposals = Journal(self.path / "proposals.jsonl", check=proposal_problem)
+        ledger = self.path / LEDGER_FILE
+        # Journaled work but no ledger: the run's earlier processes ran a version that kept none.
+        legacy = resume and not ledger.exists() and (len(self.evaluations) + len(self.proposals)) > 0
+        self.ledger = Ledger(ledger, unrecorded_before=legacy)
         _OPENED.append(self.path)
 
     def _acquire_lock(self) -> FileLock:
@@ -217,10 +267,13 @@ class RunDir:
             raise RunDirError(f"cannot write to log dir {self.path}; choose a writable folder")
 
     def checkpoint(self, history: dict[str, Any]) -> None:
-        """Persist the history so far and make the journals durable (called after every phase)."""
+        """Persist the history so far, make the journals durable and mark the time in the ledger
+        (called after every phase)."""
         self.evaluations.sync()
         self.proposals.sync()
         atomic_write_json(self.path / "checkpoint.json", history)
+        self.ledger.mark()
+        self.ledger.sync()
 
     def write(self, name: str, data: Any) -> Path:
         path = self.path / name
@@ -228,9 +281,11 @@ class RunDir:
         return path
 
     def close(self) -> None:
-        """Close the journals and release the folder's lock."""
+        """Close the journals and the ledger (its last time mark, if this process wrote to it) and
+        release the folder's lock."""
         try:
             self.evaluations.close()
             self.proposals.close()
+            self.ledger.close()
         finally:
             self._lock.release()

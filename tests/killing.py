@@ -51,6 +51,6 @@ def wait_for(process: subprocess.Popen, log: Path, condition, timeout: float = 1
 
 
 def outcome(run_dir: Path) -> dict:
-    """The run's artifact without what this process paid (phases, calls, usage)."""
+    """The run's artifact without what its processes paid (phases, calls, usage, cumulative)."""
     data = json.loads((run_dir / "metaspo_run.json").read_text())
-    return {k: v for k, v in data.items() if k not in ("phases", "calls", "usage")}
+    return {k: v for k, v in data.items() if k not in ("phases", "calls", "usage", "cumulative")}

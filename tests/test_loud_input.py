@@ -305,6 +305,7 @@ def test_wrong_shape_entries_of_a_real_run_are_asked_again_on_resume(data_dir, e
         records = [json.loads(line) for line in (run_dir / name).read_text().splitlines()]
         records[:2] = [{"key": r["key"], "value": broken} for r in records[:2]]  # valid JSON, wrong shape
         (run_dir / name).write_text("".join(json.dumps(r) + "\n" for r in records))
+    (run_dir / "metaspo_run.json").unlink()  # as if interrupted: a finished run is not run again
     engine2, task_lm2, opt_lm2 = engine_factory("first", gold=gold)
     again = MetaSPO(exact_metric, opt_lm2, task_lm2, log_dir=run_dir, resume=True, **small).compile(
         dspy.Predict(sig), trainsets=train

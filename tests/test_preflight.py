@@ -210,6 +210,7 @@ def test_cli_preflight_is_reported_apart_and_skippable(tmp_path):
     assert kinds["task"] == artifact["calls"]["task_lm"] and kinds["optimizer"] == artifact["calls"]["optimizer_lm"]
 
     log.unlink()
+    (tmp_path / "a" / "metaspo_run.json").unlink()  # unfinished: a finished run is not resumed at all
     resumed = metaspo("train", "--resume", str(tmp_path / "a"), env={"METASPO_FAKE_LOG": str(log)}, cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr
     kinds = Counter(json.loads(line)["kind"] for line in log.read_text().splitlines())

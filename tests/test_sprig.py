@@ -163,7 +163,9 @@ class Crash(RuntimeError):
 
 
 def _strip(artifact: dict) -> dict:
-    return json.loads(json.dumps({k: v for k, v in artifact.items() if k not in ("phases", "calls", "usage")}))
+    return json.loads(
+        json.dumps({k: v for k, v in artifact.items() if k not in ("phases", "calls", "usage", "cumulative")})
+    )
 
 
 def test_resume_after_a_crash_equals_an_uninterrupted_run(engine_factory, tmp_path):

@@ -2,8 +2,9 @@
 
 Exit codes: 0 success; 2 bad input (one ``error:`` line naming the problem and the fix, no
 traceback; also a file that cannot be written, e.g. a full disk); 130 interrupted (the run
-directory stays resumable once its ``run.json`` exists); 1 a stopped run (too many failures) or an
-unexpected error (a bug). A bug is one ``error:`` line too: the traceback goes to
+directory stays resumable once its ``run.json`` exists); 1 a stopped run (too many failures, or no
+answer parsed in the initial evaluation: the line names the command to rerun) or an unexpected
+error (a bug). A bug is one ``error:`` line too: the traceback goes to
 ``RUN_DIR/error.log`` when a run directory exists, else to a temporary file the line names, and to
 the console with ``--debug``. Everything printed or logged passes through
 :func:`metaspo_dspy.redact.redact`, so an API key never reaches the console or ``error.log``.
@@ -15,6 +16,7 @@ import argparse
 import errno
 import logging
 import os
+import shlex
 import sys
 import tempfile
 import traceback
@@ -110,6 +112,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run(argv: list[str], parsed: list[argparse.Namespace]) -> int:
     from metaspo_dspy.optimize.common import TooManyFailures
+    from metaspo_dspy.optimize.search import NothingParsed
 
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -127,6 +130,9 @@ def _run(argv: list[str], parsed: list[argparse.Namespace]) -> int:
     except _user_errors() as exc:
         _error(str(exc))
         return 2
+    except NothingParsed as exc:
+        _error(exc.describe(_unparsed_fix(args, argv)), prefix="stopped: ")
+        return 1
     except TooManyFailures as exc:
         _error(f"{exc}{_resume_hint(args, ' ')}", prefix="stopped: ")
         return 1
@@ -172,6 +178,30 @@ def _resume_hint(args: argparse.Namespace, sep: str) -> str:
     if where is not None and (where / "run.json").is_file():
         return f"{sep}the run is resumable: metaspo train --resume {where}"
     return f"{sep}the run had not started yet (no run.json), so there is nothing to resume: run the same command again"
+
+
+def _unparsed_fix(args: argparse.Namespace, argv: list[str]) -> str:
+    """What to run after a :class:`~metaspo_dspy.optimize.search.NothingParsed` stop: the same command
+    in DSPy's format (a new run), or the stopped run resumed with ``--allow-unparsed``."""
+    kept, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg in ("--log-dir", "--resume", "--prompt-format"):
+            skip = True
+        elif not arg.startswith(("--log-dir=", "--resume=", "--prompt-format=")):
+            kept.append(arg)
+    where = run_dir_of(args)
+    command = " ".join(map(shlex.quote, kept))
+    if getattr(args, "resume", None) is not None:
+        rerun = "start a new run with the same settings and --prompt-format dspy"
+    elif args.command == "compare":
+        rerun = f"rerun with DSPy's format in a new folder: `metaspo {command} --prompt-format dspy --log-dir NEW_DIR`"
+    else:
+        rerun = f"rerun with DSPy's format: `metaspo {command} --prompt-format dspy`"
+    if args.command == "compare" or where is None or not (where / "run.json").is_file():
+        return rerun
+    return f"{rerun}; or search anyway: `metaspo train --resume {where} --allow-unparsed`"
 
 
 def report_bug(exc: BaseException, args: argparse.Namespace | None, debug: bool) -> int:

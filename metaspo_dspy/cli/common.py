@@ -104,6 +104,12 @@ def add_config_arguments(parser: argparse.ArgumentParser, *, search: bool) -> No
         b = parser.add_argument_group("budget (checked before each phase; the run stops cleanly)")
         b.add_argument("--max-lm-calls", type=int, help="task + optimizer calls")
         b.add_argument("--max-cost", type=float, help="dollars, at LiteLLM's prices")
+        b.add_argument(
+            "--allow-unparsed",
+            action="store_true",
+            help="search even when no answer of any task parsed in the initial evaluation (by default the run "
+            "stops there: every score would be 0)",
+        )
 
 
 def add_common_flags(group: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:

@@ -22,7 +22,7 @@ from typing import Any
 
 from metaspo_dspy.cli import evaluate, train
 from metaspo_dspy.cli.common import add_config_arguments, config_from_args, config_tasks, say
-from metaspo_dspy.cli.models import add_preflight_argument, build_models, check_models
+from metaspo_dspy.cli.models import add_preflight_argument, build_models, check_models, names_embedded
 from metaspo_dspy.estimate import estimate_tokens_and_cost
 from metaspo_dspy.io import atomic_write_json, atomic_write_text
 from metaspo_dspy.optimize.common import ConfigError
@@ -37,8 +37,9 @@ Train each requested method (metaspo, outer_loop, metaspo_ape, sprig) on a confi
 once per seed, then meta-test every resulting system prompt next to the presets (default, cot,
 service) on the config's unseen tasks, and write a Markdown + CSV table (stdout: the Markdown), and a
 figure when matplotlib is installed. One prompt format is used for training and testing (default:
-the reference format, as in the paper). Every sub-run has its own resumable run directory; a killed
-compare continues with --resume.
+the reference format, as in the paper; DSPy's format for the embedded model, which cannot follow the
+reference's answer tags). Each cell's share of parsed answers is reported beside its score. Every
+sub-run has its own resumable run directory; a killed compare continues with --resume.
 
 examples:
   metaspo compare -c review --methods default cot service sprig outer_loop metaspo --seeds 3 \\
@@ -48,7 +49,18 @@ examples:
 """
 METHODS = (*PRESETS, *train.TRAIN_METHODS)
 # Flags that may change on --resume (they do not change results).
-_RESUME_OK = {"resume", "log_dir", "threads", "quiet", "verbose", "handler", "command", "preflight", "debug"}
+_RESUME_OK = {
+    "resume",
+    "log_dir",
+    "threads",
+    "quiet",
+    "verbose",
+    "handler",
+    "command",
+    "preflight",
+    "debug",
+    "allow_unparsed",
+}
 
 
 def add_parser(subparsers) -> None:
@@ -137,7 +149,9 @@ class Domain:
                 config = self._config({"method": method, "seed": base_seed + k})
                 run_dir = root / "train" / f"{method}-seed{k}"
                 resume = (run_dir / "run.json").is_file()
-                self.trainings[f"{method}-seed{k}"] = train.prepare(config, run_dir, resume, quiet=args.quiet)
+                self.trainings[f"{method}-seed{k}"] = train.prepare(
+                    config, run_dir, resume, quiet=args.quiet, allow_unparsed=args.allow_unparsed
+                )
         self.tasks = config_tasks(self.config, self.config.tasks.unseen)
         self.models = build_models(self.config)
 
@@ -145,8 +159,7 @@ class Domain:
         layered = copy.copy(self.layered)
         for key, value in extra.items():
             setattr(layered, key, value)  # flags win over config files, as in `metaspo train`
-        fmt = {} if layered.prompt_format else {"data.prompt_format": "reference"}
-        return config_from_args(layered, extra=fmt)
+        return config_from_args(layered, extra={"data.prompt_format": default_format(layered)})
 
     def labels(self) -> list[str]:
         return [m for m in self.args.methods if m in PRESETS] + list(self.trainings)
@@ -217,6 +230,22 @@ class Domain:
         return result
 
 
+#: Why compare runs the embedded model in DSPy's format unless --prompt-format says otherwise.
+EMBEDDED_FORMAT_NOTE = (
+    "the embedded model follows DSPy's format (its JSON grammar) but not the reference format's <answer> tags; "
+    "--prompt-format reference forces the paper's format"
+)
+
+
+def default_format(args: argparse.Namespace) -> str:
+    """The prompt format of a comparison: ``--prompt-format`` when given, else the paper's reference
+    format, except for the embedded task model, which can only follow DSPy's (:data:`EMBEDDED_FORMAT_NOTE`)."""
+    if args.prompt_format:
+        return args.prompt_format
+    model = args.task_model or config_from_args(args).task_lm.model
+    return "dspy" if names_embedded(model) else "reference"
+
+
 def _caveats(config, tasks) -> dict[str, list[str]]:
     from metaspo_dspy.tasks.catalog import availability, caveats
 
@@ -273,9 +302,11 @@ def _announce(domains: list[Domain], args: argparse.Namespace) -> None:
         rough = estimate_tokens_and_cost(calls, domain.tasks, models.task_label, models.optimizer_label)
         tokens += rough["tokens"]
         cost = None if cost is None or rough["cost"] is None else cost + rough["cost"]
+        fmt = domain.config.data.prompt_format
+        why = f" ({EMBEDDED_FORMAT_NOTE})" if fmt == "dspy" and not args.prompt_format else ""
         say(
             f"{domain.name}: {len(domain.trainings)} training run(s), {len(domain.labels())} system prompts on "
-            f"{', '.join(t.name for t in domain.tasks)}; format {domain.config.data.prompt_format}"
+            f"{', '.join(t.name for t in domain.tasks)}; format {fmt}{why}"
         )
     tta = " (test-time adaptation calls not included)" if args.analysis == "tta" else ""
     price = f", about ${cost:.2f} at LiteLLM's prices" if cost else ""

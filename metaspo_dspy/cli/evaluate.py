@@ -21,6 +21,7 @@ from metaspo_dspy.cli.models import add_preflight_argument, build_models, check_
 from metaspo_dspy.io import atomic_write_json
 from metaspo_dspy.meta_test import test_time_adaptation, unseen_generalization
 from metaspo_dspy.optimize.common import ConfigError
+from metaspo_dspy.report.compare_table import UNPARSED_NOTE, cell_text, parsed_note, unseen_parsed
 from metaspo_dspy.tasks import TaskLoadError, load_unseen_user_prompts
 
 HELP = "score system prompts on unseen tasks (unseen generalization or test-time adaptation)"
@@ -153,19 +154,24 @@ def unseen_runs(
 
 def _unseen(args, config, tasks, prompts, models, log_dir: Path) -> dict[str, Any]:
     runs = unseen_runs(config, tasks, prompts, models, log_dir, args.user_prompts, args.quiet)
+    names = [task.name for task in tasks]
+    shares = {label: unseen_parsed([runs[label]], names) for label, _ in prompts}
     rows = []
-    for task in tasks:
-        row: list[Any] = [task.name]
+    for name in names:
+        row: list[Any] = [name]
         for label, _ in prompts:
-            entry = runs[label]["tasks"][task.name]
-            row.append(f"{entry['mean']:.3f} ± {entry['stdev']:.3f}")
+            entry = runs[label]["tasks"][name]
+            row.append(cell_text((entry["mean"], entry["stdev"], 0), shares[label][name]))
         rows.append(row)
-    rows.append(["average", *(f"{runs[label]['average']:.3f}" for label, _ in prompts)])
+    average = [f"{runs[label]['average']:.3f}{parsed_note(shares[label]['average'])}" for label, _ in prompts]
+    rows.append(["average", *average])
     print(table(rows, ["task", *(label for label, _ in prompts)]))
     say(
         f"(mean ± stdev over {config.meta_test.num_unseen_user_prompts} user prompts, test split, "
         f"{config.data.prompt_format} format; scores are fractions in [0, 1])"
     )
+    if any(share is not None and share < 1 for label in shares for share in shares[label].values()):
+        say(UNPARSED_NOTE)
     return {
         "analysis": "unseen_generalization",
         "system_prompts": {label: p.text for label, p in prompts},

@@ -36,8 +36,15 @@ class Models:
         return min(wanted, self.max_threads) if self.max_threads else wanted
 
 
+def names_embedded(model: str | None) -> bool:
+    """Whether a config's model string means the embedded offline model."""
+    from metaspo_dspy.lm import is_embedded
+
+    return bool(model) and (model in EMBEDDED_ALIASES or is_embedded(model))
+
+
 def _build(config: LMConfig, role: str, default_max_tokens: int) -> tuple[Any, bool]:
-    from metaspo_dspy.lm import EMBEDDED_MODEL, LMSettings, build_lm, is_embedded
+    from metaspo_dspy.lm import EMBEDDED_MODEL, LMSettings, build_lm
 
     if not config.model:
         flag = "--task-model" if role == "task" else "--optimizer-model"
@@ -45,7 +52,7 @@ def _build(config: LMConfig, role: str, default_max_tokens: int) -> tuple[Any, b
             f"no {role} model: pass {flag} MODEL (e.g. 'embedded' or 'openai/gpt-4o-mini') "
             f"or set {role}_lm.model in a config"
         )
-    embedded = config.model in EMBEDDED_ALIASES or is_embedded(config.model)
+    embedded = names_embedded(config.model)
     settings = LMSettings(
         model=EMBEDDED_MODEL if embedded else config.model,
         temperature=config.temperature,

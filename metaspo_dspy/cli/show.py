@@ -6,8 +6,9 @@ import argparse
 from pathlib import Path
 
 from metaspo_dspy.cli.common import add_common_flags, say, table
+from metaspo_dspy.ledger import describe
 from metaspo_dspy.presets import PRESETS
-from metaspo_dspy.report.data import load_run
+from metaspo_dspy.report.data import load_run, parsed_change, task_scores
 from metaspo_dspy.report.tables import DECISION_HEADERS, decision_rows
 
 
@@ -37,10 +38,19 @@ def run_show(args: argparse.Namespace) -> int:
     decisions = decision_rows(artifact)
     if decisions:
         say(table(decisions, DECISION_HEADERS))
-    rows = [[t, e["best_node"], e["train_score"], e["test_score"]] for t, e in artifact["tasks"].items()]
-    say(table(rows, ["task", "best node", "train", "test"]))
+    parsed = task_scores(artifact)
+    rows = [
+        [t, e["best_node"], e["train_score"], e["test_score"], parsed_change(*_initial_final(parsed[t]))]
+        for t, e in artifact["tasks"].items()
+    ]
+    say(table(rows, ["task", "best node", "train", "test", "parsed (train)"]))
+    for warning in artifact.get("warnings", []):
+        say(f"warning: {warning}")
     calls = artifact["calls"]
-    say(f"calls: {calls['task_lm']} task-model, {calls['optimizer_lm']} optimizer")
+    say(f"calls: {calls['task_lm']} task-model, {calls['optimizer_lm']} optimizer (the last process)")
+    if artifact.get("cumulative"):  # absent in runs written before the ledger
+        when = "" if artifact.get("complete", True) else " (as of the last checkpoint)"
+        say(f"  {describe(artifact['cumulative'])}{when}")
     if args.proposals:
         rows = [
             [p["id"], p["kind"], p["iteration"], p["task"] or "-", p["status"], p["reason"] or ""]
@@ -49,6 +59,10 @@ def run_show(args: argparse.Namespace) -> int:
         say(table(rows, ["id", "kind", "iteration", "task", "status", "reason"]))
     print(artifact["optimized_system_prompt"])
     return 0
+
+
+def _initial_final(scores: dict[str, float | None]) -> tuple[float | None, float | None]:
+    return scores["initial_parsed"], scores["final_parsed"]
 
 
 def run_presets(args: argparse.Namespace) -> int:

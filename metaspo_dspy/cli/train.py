@@ -23,10 +23,12 @@ from metaspo_dspy.cli.models import add_preflight_argument, build_models, check_
 from metaspo_dspy.config import RunConfig, load_config
 from metaspo_dspy.estimate import estimate_calls, estimate_sprig_calls, estimate_tokens_and_cost
 from metaspo_dspy.io import atomic_write_json
+from metaspo_dspy.ledger import describe
 from metaspo_dspy.optimize.common import ConfigError, PhaseLog
 from metaspo_dspy.optimize.metaspo import MetaSPO
 from metaspo_dspy.optimize.sprig import SPRIG
-from metaspo_dspy.runs import RunDirError
+from metaspo_dspy.report.data import parsed_change
+from metaspo_dspy.runs import RunDirError, finished_run
 from metaspo_dspy.tasks import compile_kwargs
 
 HELP = "optimize a system prompt on the source tasks of a config (MetaSPO, or the SPRIG baseline)"
@@ -85,6 +87,7 @@ _RESUME_OK = {
     "max_cost",
     "preflight",
     "debug",
+    "allow_unparsed",
 }
 
 
@@ -138,12 +141,22 @@ def run(args: argparse.Namespace) -> int:
             f"{run_dir} already holds a run; continue it with `metaspo train --resume {run_dir}` "
             "or choose another --log-dir"
         )
-    training = prepare(config, run_dir, resume, quiet=args.quiet)
+    training = prepare(config, run_dir, resume, quiet=args.quiet, allow_unparsed=args.allow_unparsed)
+    if resume and finished_run(run_dir) is not None:
+        # compile() compares the recorded settings and returns the saved program: no preflight,
+        # no call, no file written.
+        best = training.tp.compile(**compile_kwargs(training.tasks))
+        say(f"{run_dir} is a finished run; nothing to resume (metaspo show {run_dir})")
+        print(best.system_prompt.text)
+        return 0
     announce(training)
     if args.preflight:
         check_models(training.models)
     best = execute(training)
-    say("optimized system prompt (stdout):")
+    if best.system_prompt.text == training.tp.initial_system_prompt:
+        say("no candidate beat the initial system prompt, so it stays (stdout):")
+    else:
+        say("optimized system prompt (stdout):")
     print(best.system_prompt.text)
     return 0
 
@@ -161,14 +174,16 @@ class Training:
     estimate: dict[str, int]
 
 
-def prepare(config: RunConfig, run_dir: Path, resume: bool, quiet: bool = False) -> Training:
+def prepare(
+    config: RunConfig, run_dir: Path, resume: bool, quiet: bool = False, allow_unparsed: bool = False
+) -> Training:
     """Load the source tasks, build the models and the teleprompter (which checks every setting)
     and estimate the calls; makes no call. Shared by `metaspo train` and `metaspo compare`."""
     if config.method not in TRAIN_METHODS:
         raise ConfigError(f"metaspo train runs method {', '.join(TRAIN_METHODS)}, not {config.method!r}")
     tasks = config_tasks(config, config.tasks.source)
     models = build_models(config)
-    tp = _optimizer(config, models, run_dir, resume, quiet)  # validates every setting before any call
+    tp = _optimizer(config, models, run_dir, resume, quiet, allow_unparsed)  # checks every setting, no call
     return Training(config, run_dir, resume, tasks, models, tp, _estimate(config, tp, tasks))
 
 
@@ -252,7 +267,7 @@ def _estimate(config: RunConfig, tp: MetaSPO, tasks) -> dict[str, int]:
     return estimate_calls(config.method, *args, sizes)
 
 
-def _optimizer(config: RunConfig, models, run_dir: Path, resume: bool, quiet: bool) -> MetaSPO:
+def _optimizer(config: RunConfig, models, run_dir: Path, resume: bool, quiet: bool, allow_unparsed: bool) -> MetaSPO:
     """The teleprompter for this run (MetaSPO, or SPRIG; its constructor checks every setting and
     loads SPRIG's component library, so a bad file stops the command before any call)."""
     common = dict(
@@ -275,6 +290,7 @@ def _optimizer(config: RunConfig, models, run_dir: Path, resume: bool, quiet: bo
         max_lm_calls=config.budget.max_lm_calls,
         max_cost=config.budget.max_cost,
         max_failure_share=config.budget.max_failure_share,
+        allow_unparsed=allow_unparsed,
     )
     if config.method == "sprig":
         return SPRIG(components=config.search.components, **common)
@@ -308,9 +324,12 @@ def _summary(artifact: dict[str, Any], run_dir: Path, seconds: float) -> None:
     initial = {n["task"]: n for n in artifact["nodes"] if n["origin"] == "initial"}
     rows = []
     for task, entry in artifact["tasks"].items():
-        rows.append([task, initial[task]["train_score"], entry["train_score"], entry["test_score"]])
+        parsed = parsed_change(initial[task].get("parsed", {}).get("train"), entry.get("parsed", {}).get("train"))
+        rows.append([task, initial[task]["train_score"], entry["train_score"], entry["test_score"], parsed])
     say("")
-    say(table(rows, ["task", "initial train", "final train", "final test"]))
+    say(table(rows, ["task", "initial train", "final train", "final test", "parsed (train)"]))
+    for warning in artifact.get("warnings", []):
+        say(f"warning: {warning}")
     first = next(s for s in artifact["steps"] if s["phase"] == "initial")
     accepted = sum(1 for d in artifact["outer_decisions"] if d["accepted"])
     fate = "entered the beam" if artifact["method"] == "sprig" else "accepted"
@@ -330,8 +349,11 @@ def _summary(artifact: dict[str, Any], run_dir: Path, seconds: float) -> None:
     cost = f"${usage['cost']:.4f}" if usage["cost"] is not None else _partial_cost(usage)
     say(
         f"calls: {calls['task_lm']} task-model ({calls['task_lm_reused']} reused), "
-        f"{calls['optimizer_lm']} optimizer; {tokens} tokens, {cost}; {len(nodes)} prompts scored; time {seconds:.1f}s"
+        f"{calls['optimizer_lm']} optimizer this process; {tokens} tokens, {cost}; {len(nodes)} prompts scored; "
+        f"time {seconds:.1f}s"
     )
+    if artifact.get("cumulative"):
+        say(f"  {describe(artifact['cumulative'])}")
     if artifact.get("stopped"):
         say(f"budget: {artifact['stopped']}")
     say(f"artifact: {run_dir / 'metaspo_run.json'}   program: {run_dir / 'program.json'}")

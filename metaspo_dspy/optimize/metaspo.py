@@ -38,6 +38,7 @@ from metaspo_dspy.optimize.common import ConfigError, PhaseLog, TaskRun, check_e
 from metaspo_dspy.optimize.task_run import check_processes, positive_int
 from metaspo_dspy.optimize.wrapped import Unwrapped, choose, unwrap_programs
 from metaspo_dspy.program import DEFAULT_SYSTEM_PROMPT, MetaSPOProgram, SystemPrompt
+from metaspo_dspy.runs import finished_run
 
 METHODS = ("metaspo", "outer_loop", "metaspo_ape")
 logger = logging.getLogger(__name__)
@@ -91,13 +92,22 @@ class MetaSPO(Teleprompter):
         max_failure_share: stop (resumably) with :class:`TooManyFailures` when more than this share
             of an evaluation grid's task-model calls fail after the LM layer's retries (0.5).
         resume: continue the run recorded in ``log_dir`` (same settings required): completed
-            evaluations and proposals are read back from its journals, not asked again.
+            evaluations and proposals are read back from its journals, not asked again (failed
+            ones are asked again). A *finished* run (complete, not stopped by its budget) is not
+            run again: ``compile`` sends nothing, not even the preflight, writes nothing and
+            returns the saved program (``program.json`` on the given task programs) with the saved
+            artifact as ``detailed_results``.
         progress: show progress bars.
         preflight: before any other call, send one tiny uncached request to the task and the
             optimizer LM (once each when they differ) and raise
             :class:`~metaspo_dspy.lm.preflight.PreflightError` if one is unreachable, rejects its
             key, does not know the model or answers with nothing. Not counted in ``calls`` or
             ``phases``. Off by default here; the CLI turns it on (``--no-preflight`` to skip).
+        allow_unparsed: search even when no answer of any task could be parsed in the initial
+            evaluation (by default the run stops there with
+            :class:`~metaspo_dspy.optimize.search.NothingParsed`: every score would be 0, so the search
+            would mean nothing; the usual cause is a model that does not follow the prompt format).
+            Does not shape results: it may change on resume.
         phase_callback: called with each finished phase's :class:`PhaseLog` (calls, tokens, cost,
             time, the meta-score after it) once its checkpoint is written, e.g.
             to stream progress into a notebook.
@@ -133,6 +143,7 @@ class MetaSPO(Teleprompter):
         screening: float | None = None,
         screening_keep: float = 0.5,
         preflight: bool = False,
+        allow_unparsed: bool = False,
     ):
         super().__init__()
         if method not in METHODS:
@@ -201,6 +212,7 @@ class MetaSPO(Teleprompter):
         if resume and log_dir is None:
             raise ConfigError("resume=True needs log_dir=<the run directory to continue>")
         self.preflight = bool(preflight)
+        self.allow_unparsed = bool(allow_unparsed)
         self._warned: set[str] = set()
 
     def budget_warnings(self) -> list[str]:
@@ -243,6 +255,9 @@ class MetaSPO(Teleprompter):
             raise ConfigError(f"unexpected compile() arguments {sorted(kwargs)}; see MetaSPO.compile's docstring")
         tasks, unwrapped = self._task_runs(program, trainsets, testsets, metrics, user_prompt_suffixes)
         owner = self._for_wrapped(unwrapped)
+        if self.resume and finished_run(self.log_dir) is not None:
+            logger.info("%s is a finished run: its saved program is returned, nothing is asked", self.log_dir)
+            return owner.make_run(tasks).reopen()  # the settings are still compared with the run's
         owner._check_context_window(self.task_lm or dspy.settings.lm)
         said = set(self._warned)
         for warning in self.budget_warnings():

@@ -2,10 +2,14 @@
 
 The search loops never format prompts or parse LM text themselves: they hand this module the
 wrong examples (or input/output pairs) and get back :class:`Proposal` records, each either ``ok``
-with a candidate text or ``discarded`` with the reason (LM error, unparsable, empty, too long,
-duplicate). A discarded proposal is never evaluated as a prompt. A proposal whose optimizer call
-itself failed (an exception after the LM's retries, including an empty or truncated answer) is
-marked ``failed``: the searches stop when a phase's proposals fail (see
+with a candidate text or ``discarded`` with the reason (LM error, unparsable, empty, a template
+placeholder, an echo, too long, duplicate). An *echo* is an answer that only repeats the request's
+own wording -- a field's name or title such as "Improved System Prompt", a field description, the
+instructions (:func:`~metaspo_dspy.optimize.echoes.echo_of`) -- and its reason starts with ``echo``
+and quotes the answer; like the other content discards it is never ``failed``. A discarded
+proposal is never evaluated as a prompt. A proposal whose optimizer call itself failed (an
+exception after the LM's retries, including an empty or truncated answer) is marked ``failed``:
+the searches stop when a phase's proposals fail (see
 :meth:`~metaspo_dspy.optimize.common.SearchBase.run_proposals`), and a resumed run asks a failed
 proposal again. Reasons are redacted (:func:`~metaspo_dspy.redact.redact`).
 
@@ -36,7 +40,9 @@ from dspy.utils.exceptions import AdapterParseError
 from metaspo_dspy.adapters import observed
 from metaspo_dspy.evaluation import merge_usage, token_counts
 from metaspo_dspy.journal import Journal
+from metaspo_dspy.ledger import Ledger
 from metaspo_dspy.optimize import signatures as sigs
+from metaspo_dspy.optimize.echoes import echo_of
 from metaspo_dspy.optimize.shown import WrongExample, format_fields, io_pairs, sample_wrong, wrong_example
 from metaspo_dspy.redact import redact
 from metaspo_dspy.scope import no_system_prompt
@@ -107,6 +113,9 @@ class Proposer:
         seed: the run seed; rollout ids and provider seeds derive from it.
         max_prompt_chars: longer proposals are discarded.
         num_threads: proposals of one phase made concurrently.
+        journal: where finished proposals are kept (and read back); None: in memory.
+        ledger: where each optimizer call and its tokens are recorded when it returns or fails
+            (:mod:`metaspo_dspy.ledger`); None: in memory.
     """
 
     def __init__(
@@ -117,6 +126,7 @@ class Proposer:
         max_prompt_chars: int = 8000,
         num_threads: int = 8,
         journal: Journal | None = None,
+        ledger: Ledger | None = None,
     ):
         self.lm = optimizer_lm
         self.adapter = adapter
@@ -124,6 +134,7 @@ class Proposer:
         self.max_prompt_chars = max_prompt_chars
         self.num_threads = max(1, num_threads)
         self.journal = journal if journal is not None else Journal(None)
+        self.ledger = ledger if ledger is not None else Ledger(None)
         self.calls = 0
         self.reused = 0
         self._usage: dict[str, dict[str, int]] = {}
@@ -168,8 +179,10 @@ class Proposer:
             try:
                 result = dspy.Predict(signature)(**inputs, config=config)
             finally:
+                usage = token_counts(tracker)
+                self.ledger.paid("optimizer", 1, usage)
                 with self._usage_lock:
-                    merge_usage(self._usage, token_counts(tracker))
+                    merge_usage(self._usage, usage)
         return getattr(result, next(iter(signature.output_fields)))
 
     def _guarded(self, proposal: Proposal, fn: Callable[[Step], str | None], shown: Any) -> Proposal:
@@ -182,6 +195,8 @@ class Proposer:
         if stored is not None and "status" in stored and not stored.get("failed"):
             for name in _RECORD:
                 setattr(proposal, name, stored[name])
+            if proposal.ok:  # journaled by an older version: its text passes today's checks too
+                self._validate(proposal, proposal.text)
             self.reused += 1
             return proposal
 
@@ -212,7 +227,9 @@ class Proposer:
         if not text:
             proposal.discard("empty proposal")
         elif _PLACEHOLDER.fullmatch(text):
-            proposal.discard(f"the optimizer echoed a template placeholder ({text[:60]})")
+            proposal.discard(f"echo: the optimizer repeated a template placeholder ({text[:60]})")
+        elif (echoed := echo_of(text)) is not None:
+            proposal.discard(f"echo: the optimizer repeated {echoed}: {redact(text[:80])!r}")
         elif len(text) > self.max_prompt_chars:
             proposal.discard(f"proposal too long ({len(text)} > {self.max_prompt_chars} characters)")
         else:

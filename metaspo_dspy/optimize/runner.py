@@ -6,7 +6,9 @@ evaluator and the proposer on its journals, records faults, checks the budget be
 writes a checkpoint after each phase, and writes the results at the end. A method supplies the
 loop (:meth:`SearchRun.search`), its state snapshots and the method-specific part of the artifact.
 
-Contract of :meth:`SearchRun.execute`: ``initialize`` then ``search`` then ``test``; a
+Contract of :meth:`SearchRun.execute`: ``initialize`` then ``search`` then ``test``; a run whose
+initial evaluation parsed no answer of any task stops with :class:`NothingParsed` before the search
+(unless the teleprompter's ``allow_unparsed``); a
 :class:`BudgetStop` raised by :meth:`SearchRun.within_budget` ends the run cleanly with the state of
 the last finished phase (``self.state``, set by the method's snapshots) and the reason in
 ``stopped``; the run directory's lock is always released.
@@ -14,17 +16,28 @@ the last finished phase (``self.state``, set by the method's snapshots) and the 
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from typing import Any
 
+import dspy
+
+from metaspo_dspy.adapters import adapter_name
 from metaspo_dspy.evaluation import GridEvaluator
 from metaspo_dspy.faults import FaultLog
+from metaspo_dspy.ledger import Ledger
 from metaspo_dspy.optimize.artifact import ARTIFACT_FORMAT
 from metaspo_dspy.optimize.proposer import Proposer
-from metaspo_dspy.optimize.search import PhaseLog, SearchBase, total_usage
+from metaspo_dspy.optimize.search import NothingParsed, PhaseLog, SearchBase, total_usage
 from metaspo_dspy.optimize.task_run import TaskRun
 from metaspo_dspy.program import MetaSPOProgram
-from metaspo_dspy.runs import RunDir
+from metaspo_dspy.runs import RunDir, finished_run
+
+logger = logging.getLogger(__name__)
+
+
+def _share(parsed: int, answers: int) -> float | None:
+    return parsed / answers if answers else None
 
 
 class BudgetStop(Exception):
@@ -36,13 +49,15 @@ class SearchRun(SearchBase):
 
     ``owner`` provides ``task_lm``, ``optimizer_lm``, ``adapter``, ``optimizer_adapter``,
     ``num_threads``, ``num_processes``, ``progress``, ``seed``, ``max_prompt_chars``, ``instructions_in``,
-    ``log_dir``, ``resume``, ``phase_callback``, ``max_failure_share``, ``budget`` and ``method``;
+    ``log_dir``, ``resume``, ``phase_callback``, ``max_failure_share``, ``allow_unparsed``, ``budget`` and
+    ``method``;
     ``settings`` is what shapes the results (compared on resume).
     """
 
     def __init__(self, owner: Any, tasks: Mapping[str, TaskRun], settings: dict[str, Any], **search: Any):
         self.settings = settings
         self.run_dir = RunDir(owner.log_dir, self.settings, owner.resume) if owner.log_dir is not None else None
+        self.ledger = self.run_dir.ledger if self.run_dir is not None else Ledger(None)
         evaluator = GridEvaluator(
             owner.task_lm,
             owner.adapter,
@@ -50,6 +65,7 @@ class SearchRun(SearchBase):
             owner.progress,
             journal=self.run_dir.evaluations if self.run_dir else None,
             num_processes=owner.num_processes,
+            ledger=self.ledger,
         )
         proposer = Proposer(
             owner.optimizer_lm,
@@ -58,6 +74,7 @@ class SearchRun(SearchBase):
             owner.max_prompt_chars,
             num_threads=min(owner.num_threads, 16),
             journal=self.run_dir.proposals if self.run_dir else None,
+            ledger=self.ledger,
         )
         super().__init__(tasks, evaluator, proposer, owner.instructions_in, owner.seed, **search)
         self.o = owner
@@ -100,6 +117,7 @@ class SearchRun(SearchBase):
         try:
             with self.faults:
                 state = self.initialize()
+                self.check_parsed()
                 try:
                     state = self.search(state)
                     self.within_budget("test", self.planned_test(state))
@@ -109,9 +127,30 @@ class SearchRun(SearchBase):
                     state = self.state
                 return self.result(state)
         finally:
-            self.evaluator.close()
-            if self.run_dir is not None:
-                self.run_dir.close()
+            self.release()
+
+    def reopen(self) -> MetaSPOProgram:
+        """The result of the finished run in the run directory (:func:`~metaspo_dspy.runs.finished_run`),
+        read back instead of run: nothing is sent and no file is written. The program is
+        ``program.json`` rebuilt on this run's task programs, its ``detailed_results`` the saved
+        artifact (``metaspo_run.json``, with the ``calls``, ``cumulative`` and ``faults`` of the runs
+        that made it). Closes the run directory. Raises ``ValueError`` when the run is not finished."""
+        try:
+            artifact = finished_run(self.run_dir.path) if self.run_dir is not None else None
+            if artifact is None:
+                raise ValueError("reopen() needs a finished run in the run directory")
+            programs = {name: task.program for name, task in self.tasks.items()}
+            program = MetaSPOProgram.from_file(self.run_dir.path / "program.json", programs=programs)
+            program.detailed_results = artifact
+            return program
+        finally:
+            self.release()
+
+    def release(self) -> None:
+        """Stop the evaluator's worker processes and close the run directory (lock released)."""
+        self.evaluator.close()
+        if self.run_dir is not None:
+            self.run_dir.close()
 
     def within_budget(self, phase: str, planned: dict[str, int]) -> None:
         """Raise :class:`BudgetStop` when the next phase may not fit in the budget (``planned``:
@@ -126,6 +165,36 @@ class SearchRun(SearchBase):
         )
         if reason is not None:
             raise BudgetStop(f"stopped before the {phase} phase: {reason}; the result is the best found so far")
+
+    # -- parsed answers ----------------------------------------------------------------------
+    def initial_parsed(self) -> dict[str, tuple[int, int]]:
+        """Per task, (answers parsed, answers where parsing applies) in the initial evaluation."""
+        initial = next((p for p in self.phases if p.phase == "initial"), None)
+        counts = initial.parsed if initial is not None else {}
+        return {task: (c["parsed"], c["answers"]) for task, c in counts.items()}
+
+    def parsed_warnings(self) -> list[str]:
+        """One line per task whose initial answers never parsed while other tasks' did."""
+        counts = {t: c for t, c in self.initial_parsed().items() if c[1]}
+        if not any(n for n, _ in counts.values()):
+            return []
+        return [
+            f"task {task!r}: no answer parsed in the initial evaluation (0/{of}) while other tasks' answers "
+            "did; its user-prompt rewrites may teach it the answer format, else its scores stay 0"
+            for task, (n, of) in counts.items()
+            if n == 0
+        ]
+
+    def check_parsed(self) -> None:
+        """After the initial evaluation: raise :class:`NothingParsed` when no answer of any task
+        parsed (unless ``allow_unparsed``); log a warning per task that parsed nothing."""
+        counts = self.initial_parsed()
+        applicable = [n for n, of in counts.values() if of]
+        if applicable and not any(applicable) and not self.o.allow_unparsed:
+            lm = self.o.task_lm or dspy.settings.lm
+            raise NothingParsed(counts, str(getattr(lm, "model", lm)), adapter_name(self.o.adapter))
+        for warning in self.parsed_warnings():
+            logger.warning(warning)
 
     # -- phases, checkpoints, results ----------------------------------------------------------
     def after_phase(self, log: PhaseLog) -> None:
@@ -143,7 +212,11 @@ class SearchRun(SearchBase):
 
     def frame(self, complete: bool, body: dict[str, Any]) -> dict[str, Any]:
         """An artifact: the shared head (format, complete, method, settings), the method's ``body``,
-        then the shared tail (proposals, nodes, phases, faults, stopped, budget, usage, calls)."""
+        then the shared tail (proposals, nodes, phases, faults, stopped, budget, usage, calls).
+
+        ``calls``, ``usage`` and ``phases`` count this process; ``cumulative`` sums every process of
+        the run from its ledger (:meth:`~metaspo_dspy.ledger.Ledger.totals`), and ``faults`` (kinds
+        from ``faults.jsonl``) spans every process too."""
         return {
             "format": ARTIFACT_FORMAT,
             "complete": complete,
@@ -154,6 +227,9 @@ class SearchRun(SearchBase):
             "nodes": [n.to_dict() for n in self.store.nodes.values()],
             "phases": [p.to_dict() for p in self.phases],
             "faults": dict(self.faults.counts),
+            "cumulative": self.ledger.totals(faults=sum(self.faults.counts.values())),
+            "parsed": {"initial": {t: _share(*c) for t, c in self.initial_parsed().items()}},
+            "warnings": self.parsed_warnings(),
             "stopped": self.stopped,
             "budget": self.o.budget.to_dict(),
             "usage": total_usage(self.phases),
@@ -173,6 +249,7 @@ class SearchRun(SearchBase):
             "user_prompt": best.user_prompt,
             "train_score": best.train_score,
             "test_score": best.test_score,
+            "parsed": dict(best.parsed),
             "beam": [
                 {"id": i, "train_score": self.store[i].train_score, "test_score": self.store[i].test_score} for i in ids
             ],

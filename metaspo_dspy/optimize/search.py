@@ -39,6 +39,33 @@ class TooManyFailures(RuntimeError):
     evaluations and proposals are asked again when the run resumes (once the model works)."""
 
 
+class NothingParsed(TooManyFailures):
+    """No answer of any task could be parsed in a run's initial evaluation: the task model does not
+    write answers in the form the tasks' metrics read (usually a prompt format it cannot follow), so
+    every score of the search would be 0 and mean nothing. Raised after the initial evaluation is
+    journaled and checkpointed, before any optimizer call; ``allow_unparsed=True`` searches anyway.
+
+    Attributes: ``shares`` (``{task: (parsed, answers)}``), ``model`` and ``prompt_format``."""
+
+    def __init__(self, shares: Mapping[str, tuple[int, int]], model: str, prompt_format: str):
+        self.shares, self.model, self.prompt_format = dict(shares), model, prompt_format
+        super().__init__(
+            self.describe(
+                "use a format the model can follow (a DSPy adapter: adapter='json' or 'chat'), a stronger model, "
+                "or allow_unparsed=True to search anyway"
+            )
+        )
+
+    def describe(self, fix: str) -> str:
+        """The stop in one sentence, ending with ``fix`` (what to do; the CLI names its flags)."""
+        parsed = ", ".join(f"{task} {n}/{of}" for task, (n, of) in self.shares.items())
+        return (
+            f"no answer of any task could be parsed in the initial evaluation (task model {self.model!r}, prompt "
+            f"format {self.prompt_format!r}; answers parsed: {parsed}): the model does not write its answers in the "
+            f"form the tasks' parsers read, so every score would be 0; {fix}"
+        )
+
+
 @dataclass
 class PhaseLog:
     """Calls and time spent in one phase of a run."""
@@ -59,6 +86,15 @@ class PhaseLog:
     proposals: int = 0
     discarded: int = 0
     seconds: float = 0.0
+    #: per task, ``{"parsed": n, "answers": m}`` over the phase's grids (answers where parsing applies)
+    parsed: dict[str, dict[str, int]] = field(default_factory=dict)
+
+    def count_parsed(self, task: str, result: NodeEval) -> None:
+        """Add one evaluated node's parsed answers to its task's count."""
+        parsed, of = result.parsed_counts
+        entry = self.parsed.setdefault(task, {"parsed": 0, "answers": 0})
+        entry["parsed"] += parsed
+        entry["answers"] += of
 
     def to_dict(self) -> dict[str, Any]:
         return {k: (dict(v) if isinstance(v, dict) else v) for k, v in self.__dict__.items()}
@@ -140,10 +176,11 @@ class SearchBase:
         jobs = [self._job(n, [self.tasks[n.task].trainset[i] for i in subsets[n.task]]) for n in nodes]
         results = self.evaluator.evaluate(jobs, desc=desc)
         if self._phase is not None:
-            for result in results:
+            for node, result in zip(nodes, results, strict=True):
                 self._phase.task_lm_calls += result.lm_calls
                 self._phase.evaluations += sum(1 for r in result.results if not r.cached)
                 merge_usage(self._phase.task_usage, result.usage)
+                self._phase.count_parsed(node.task, result)
         self._check_failures(results, desc)
         return results
 
@@ -161,6 +198,7 @@ class SearchBase:
             else:
                 node.test_score = result.score
             node.failures[split] = result.failures
+            node.parsed[split] = result.parsed_share
             for r in result.results:
                 if r.error and r.error not in node.errors and len(node.errors) < 3:
                     node.errors.append(r.error)
@@ -170,6 +208,7 @@ class SearchBase:
                 self._phase.reused_evaluations += sum(1 for r in result.results if r.cached)
                 self._phase.failures += result.failures
                 merge_usage(self._phase.task_usage, result.usage)
+                self._phase.count_parsed(node.task, result)
         self._check_failures(results, desc or split)
         return results
 
@@ -190,7 +229,7 @@ class SearchBase:
         """Run a phase's proposal jobs (:meth:`Proposer.run_all`) and stop with
         :class:`TooManyFailures` when the optimizer model's calls failed for all of them, or for more
         than ``max_failure_share`` of them when there are at least ``MIN_PROPOSALS_FOR_SHARE``.
-        Content discards (unparsable, empty, placeholder, too long, duplicate) do not count."""
+        Content discards (unparsable, empty, placeholder, echo, too long, duplicate) do not count."""
         proposals = self.proposer.run_all(jobs)
         failed = [p for p in proposals if p.failed]
         total = len(proposals)

@@ -117,7 +117,7 @@ class SPRIG(MetaSPO):
             ``adapter``, ``optimizer_adapter``, ``num_threads``, ``seed``, ``max_prompt_chars``,
             ``log_dir``, ``progress``, ``phase_callback``, ``resume``, ``max_failure_share``,
             ``max_lm_calls``/``max_cost`` (checked before every iteration, on top of the search
-            budget) and ``preflight``; ``method``, ``num_wrong_*`` and ``screening*`` are refused.
+            budget), ``preflight`` and ``allow_unparsed``; ``method``, ``num_wrong_*`` and ``screening*`` are refused.
     """
 
     def __init__(

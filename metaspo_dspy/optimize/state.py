@@ -31,6 +31,8 @@ class PromptNode:
     test_score: float | None = None
     failures: dict[str, int] = field(default_factory=dict)
     errors: list[str] = field(default_factory=list)
+    #: per split, the share of answers the task's metric could read (None: not applicable)
+    parsed: dict[str, float | None] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -10,6 +10,7 @@ from typing import Any
 
 import dspy
 
+from metaspo_dspy.input_check import bare_mismatch, mismatch_message
 from metaspo_dspy.metrics import Metric
 
 
@@ -66,7 +67,12 @@ def check_examples(task: str, examples: Any, split: str) -> list[dspy.Example]:
 
 @dataclass
 class TaskRun:
-    """One task inside a run: a private copy of its program, its data and its metric."""
+    """One task inside a run: a private copy of its program, its data and its metric.
+
+    Built before any LM call; raises :class:`ConfigError` when the program has no predictor, or is
+    a bare ``dspy.Predict`` / ``dspy.ChainOfThought`` whose required inputs some train or test
+    example does not give (:func:`~metaspo_dspy.input_check.bare_mismatch`). Other programs are
+    checked on their first program run by the evaluator (:mod:`metaspo_dspy.evaluation`)."""
 
     name: str
     program: dspy.Module
@@ -80,6 +86,12 @@ class TaskRun:
         self.program = self.program.deepcopy()
         if not self.program.named_predictors():
             raise ConfigError(f"the program of task {self.name!r} has no dspy.Predict inside; nothing to optimize")
+        for split, examples in (("train", self.trainset), ("test", self.testset or [])):
+            found = bare_mismatch(self.program, examples)
+            if found is not None:
+                index, problem = found
+                where = f"{split} example {index}"
+                raise ConfigError(mismatch_message(self.name, where, [problem], examples[index]))
 
     @property
     def predictor_names(self) -> list[str]:

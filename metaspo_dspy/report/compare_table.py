@@ -16,6 +16,8 @@ import statistics
 from pathlib import Path
 from typing import Any
 
+from metaspo_dspy.report.data import add_parsed, parsed_share
+
 #: Column labels: ``service`` is our own text, not a commercial product's prompt.
 LABELS = {"service": "service (our text)", "cot": "cot", "default": "default"}
 SERVICE_NOTE = (
@@ -58,13 +60,53 @@ def tta_cells(results: list[dict[str, Any]], tasks: list[str]) -> dict[str, tupl
     return cells
 
 
+def unseen_parsed(results: list[dict[str, Any]], tasks: list[str]) -> dict[str, float | None]:
+    """``{task or 'average': share of parsed answers}`` for one method (None: unknown or n/a)."""
+    counts: dict[str, dict[str, int] | None] = {}
+    for task in tasks:
+        total: dict[str, int] | None = {"parsed": 0, "answers": 0}
+        for r in results:
+            total = add_parsed(total, r["tasks"][task].get("parsed"))
+        counts[task] = total
+    pooled: dict[str, int] | None = {"parsed": 0, "answers": 0}
+    for task in tasks:
+        pooled = add_parsed(pooled, counts[task])
+    return {**{t: parsed_share(c) for t, c in counts.items()}, "average": parsed_share(pooled)}
+
+
 def build(domain: dict[str, Any], analysis: str) -> dict[str, Any]:
     """The table for one domain: ``domain`` has tasks, methods, results ({method: [result per seed]}),
-    test_sizes, caveats ({task: [text]}) and the header facts (model, prompt_format, seeds)."""
+    test_sizes, caveats ({task: [text]}) and the header facts (model, prompt_format, seeds). ``parsed``
+    holds each cell's share of parsed answers (unseen analysis; None where unknown or n/a)."""
     tasks = domain["tasks"]
     cells_of = unseen_cells if analysis == "unseen" else tta_cells
     cells = {m: cells_of(domain["results"][m], tasks) for m in domain["methods"]}
-    return {**domain, "analysis": analysis, "cells": cells}
+    parsed = {
+        m: unseen_parsed(domain["results"][m], tasks) if analysis == "unseen" else dict.fromkeys([*tasks, "average"])
+        for m in domain["methods"]
+    }
+    return {**domain, "analysis": analysis, "cells": cells, "parsed": parsed}
+
+
+def cell_text(cell: tuple[float, float, int], parsed: float | None) -> str:
+    """A Markdown cell: mean ± std, with the share of parsed answers when some did not parse; a
+    cell where no answer parsed says so instead of showing a meaningless 0."""
+    if parsed == 0:
+        return "nothing parsed"
+    return f"{cell[0]:.3f} ± {cell[1]:.3f}{parsed_note(parsed)}"
+
+
+def parsed_note(parsed: float | None) -> str:
+    """``" (63% parsed)"`` when some answers did not parse, else ``""``."""
+    return "" if parsed is None or parsed >= 1 else f" ({parsed:.0%} parsed)"
+
+
+#: Said under a table where some answers did not parse.
+UNPARSED_NOTE = (
+    "Some answers could not be parsed (the share parsed is given; an unparsed answer scores 0): the task "
+    "model did not write them in the form the task's parser reads. `nothing parsed` marks a cell whose score "
+    "means nothing."
+)
 
 
 def markdown(table: dict[str, Any]) -> str:
@@ -81,9 +123,11 @@ def markdown(table: dict[str, Any]) -> str:
     ]
     for task in [*tasks, "average"]:
         size = str(table["test_sizes"][task]) if task in table["test_sizes"] else ""
-        row = [f"{c[0]:.3f} ± {c[1]:.3f}" for c in (table["cells"][m][task] for m in methods)]
+        row = [cell_text(table["cells"][m][task], _parsed(table, m, task)) for m in methods]
         lines.append(f"| {task} | {size} | " + " | ".join(row) + " |")
     lines.append("")
+    if any(_parsed(table, m, t) is not None and _parsed(table, m, t) < 1 for m in methods for t in tasks):
+        lines.append(f"- {UNPARSED_NOTE}")
     if "service" in methods:
         lines.append(f"- {SERVICE_NOTE}")
     for task in tasks:
@@ -91,6 +135,11 @@ def markdown(table: dict[str, Any]) -> str:
             lines.append(f"- {task}: {text}")
     lines.append(f"- {PROTOCOL_NOTE}")
     return "\n".join(lines) + "\n"
+
+
+def _parsed(table: dict[str, Any], method: str, task: str) -> float | None:
+    """A cell's share of parsed answers (None: unknown, e.g. a table built before it was counted)."""
+    return table.get("parsed", {}).get(method, {}).get(task)
 
 
 def csv_rows(table: dict[str, Any]) -> list[dict[str, Any]]:
@@ -107,6 +156,7 @@ def csv_rows(table: dict[str, Any]) -> list[dict[str, Any]]:
                     "mean": f"{mean:.6f}",
                     "std": f"{sd:.6f}",
                     "n": n,
+                    "parsed": "" if _parsed(table, method, task) is None else f"{_parsed(table, method, task):.6f}",
                     "test_size": table["test_sizes"].get(task, ""),
                     "prompt_format": table["prompt_format"],
                     "task_model": table["task_model"],
@@ -139,6 +189,9 @@ def figure(tables: list[dict[str, Any]], path: Path) -> str | None:
         methods = table["methods"]
         cells = [table["cells"][m]["average"] for m in methods]
         ax.bar([LABELS.get(m, m) for m in methods], [c[0] for c in cells], yerr=[c[1] for c in cells], capsize=3)
+        for x, method in enumerate(methods):
+            if _parsed(table, method, "average") == 0:
+                ax.text(x, 0.02, "nothing\nparsed", ha="center", va="bottom", fontsize=8, color="firebrick")
         ax.set_ylim(0, 1)
         ax.set_title(table["domain"])
         ax.set_ylabel("average score")

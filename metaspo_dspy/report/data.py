@@ -117,6 +117,7 @@ def merge_unseen_results(*results: str | Path | Mapping[str, Any]) -> dict[str, 
                 target["scores"] += list(values["scores"])
                 target["user_prompts"] += list(values.get("user_prompts", []))
                 target["failures"] += values.get("failures", 0)
+                target["parsed"] = add_parsed(target.get("parsed", {"parsed": 0, "answers": 0}), values.get("parsed"))
             entry["task_lm_calls"] = entry.get("task_lm_calls", 0) + run.get("task_lm_calls", 0)
     for entry in merged.values():
         for values in entry["tasks"].values():
@@ -124,6 +125,21 @@ def merge_unseen_results(*results: str | Path | Mapping[str, Any]) -> dict[str, 
             values["stdev"] = statistics.stdev(values["scores"]) if len(values["scores"]) > 1 else 0.0
         entry["average"] = statistics.fmean(v["mean"] for v in entry["tasks"].values())
     return {"analysis": "unseen_generalization", "system_prompts": prompts, "results": merged}
+
+
+def add_parsed(total: Mapping[str, int] | None, more: Mapping[str, int] | None) -> dict[str, int] | None:
+    """The sum of two ``{"parsed", "answers"}`` counts; None when either is unknown (a result
+    written before parsed answers were counted)."""
+    if total is None or more is None:
+        return None
+    return {"parsed": total["parsed"] + more["parsed"], "answers": total["answers"] + more["answers"]}
+
+
+def parsed_share(counts: Mapping[str, int] | None) -> float | None:
+    """The share of parsed answers in a ``{"parsed", "answers"}`` count (None: unknown or n/a)."""
+    if not counts or not counts.get("answers"):
+        return None
+    return counts["parsed"] / counts["answers"]
 
 
 # -- derived data ------------------------------------------------------------------------------
@@ -142,7 +158,9 @@ def _best_node(step: Mapping[str, Any], task: str) -> Mapping[str, Any] | None:
 def task_scores(artifact: Mapping[str, Any]) -> dict[str, dict[str, float | None]]:
     """Per task: ``initial_train`` (the initial node), ``final_train`` / ``final_test`` (the best
     node of the final beam) and ``initial_test`` (known only when the initial node was tested,
-    i.e. it is still in the final beam; else None)."""
+    i.e. it is still in the final beam; else None); ``initial_parsed`` / ``final_parsed`` (train) and
+    ``final_parsed_test``: the shares of answers parsed (None: not applicable, or a run recorded
+    before parsed answers were counted)."""
     steps = artifact["steps"]
     initial = steps[0] if steps else {}
     nodes = {n["id"]: n for n in artifact.get("nodes", [])}
@@ -160,8 +178,17 @@ def task_scores(artifact: Mapping[str, Any]) -> dict[str, dict[str, float | None
             "initial_test": first_full.get("test_score"),
             "final_train": final.get("train_score"),
             "final_test": final.get("test_score"),
+            "initial_parsed": (first_full.get("parsed") or {}).get("train"),
+            "final_parsed": (final.get("parsed") or {}).get("train"),
+            "final_parsed_test": (final.get("parsed") or {}).get("test"),
         }
     return out
+
+
+def parsed_change(initial: float | None, final: float | None) -> str:
+    """``"40% -> 100%"``: a task's share of parsed answers from its initial to its final node."""
+    shown = ["-" if share is None else f"{share:.0%}" for share in (initial, final)]
+    return shown[0] if shown[0] == shown[1] else f"{shown[0]} -> {shown[1]}"
 
 
 def _short(text: str, n: int = 80) -> str:

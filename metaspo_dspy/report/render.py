@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from metaspo_dspy.io import atomic_write_text
+from metaspo_dspy.ledger import describe
 from metaspo_dspy.report.data import FIGURES, _short, load_results, load_run, merge_unseen_results, task_scores
 from metaspo_dspy.report.plots import (
     _require_matplotlib,
@@ -123,8 +124,10 @@ def report(
         f"- **Meta-score**: {_fmt(steps[0]['meta_score'] if steps else None)} (initial) → "
         f"{_fmt(artifact.get('meta_score'))} ({'final' if complete else 'so far'})",
         f"- **Calls**: {calls.get('task_lm', 0)} task-model ({calls.get('task_lm_reused', 0)} evaluations reused), "
-        f"{calls.get('optimizer_lm', 0)} optimizer; **time** {seconds:.1f} s",
+        f"{calls.get('optimizer_lm', 0)} optimizer; **time** {seconds:.1f} s (the process that wrote this record)",
     ]
+    if artifact.get("cumulative"):  # absent in runs written before the ledger
+        lines.append(f"- **Whole run**: {describe(artifact['cumulative'])}")
     faults = artifact.get("faults") or {}
     if faults:
         lines.append("- **Faults**: " + ", ".join(f"{k}: {v}" for k, v in sorted(faults.items())))

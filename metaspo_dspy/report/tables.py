@@ -9,7 +9,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from metaspo_dspy.report.data import _short, load_results, step_label, task_scores
+from metaspo_dspy.report.data import _short, load_results, parsed_change, step_label, task_scores
 
 
 def _fmt(value: Any, digits: int = 3) -> str:
@@ -74,12 +74,13 @@ def task_table(artifact: Mapping[str, Any], width: int = 70) -> str:
     for task, s in scores.items():
         prompt = (tasks.get(task) or {}).get("user_prompt") or {}
         text = next(iter(prompt.values())) if len(prompt) == 1 else "; ".join(f"[{k}] {v}" for k, v in prompt.items())
-        rows.append(
-            [task, s["initial_train"], s["final_train"], s["initial_test"], s["final_test"], _short(text, width)]
-        )
-    return _md_table(
-        rows, ["task", "initial train", "final train", "initial test", "final test", "best user prompt (final)"]
-    )
+        parsed = parsed_change(s["initial_parsed"], s["final_parsed"])
+        scored = [s["initial_train"], s["final_train"], s["initial_test"], s["final_test"]]
+        rows.append([task, *scored, parsed, _short(text, width)])
+    headers = ["task", "initial train", "final train", "initial test", "final test", "parsed (train)"]
+    table = _md_table(rows, [*headers, "best user prompt (final)"])
+    warnings = "".join(f"\n- warning: {w}" for w in artifact.get("warnings", []))
+    return table + ("\n" + warnings if warnings else "")
 
 
 def phases_table(artifact: Mapping[str, Any]) -> str:

@@ -113,6 +113,17 @@ REFERENCE_PARSERS: dict[str, Callable[[Any], Any]] = {
 }
 
 
+#: Each parser's format-error value (None: the parser never fails -- grounding scores the whole response).
+FORMAT_ERRORS: dict[str, Any] = {
+    "medmcqa": FORMAT_ERROR,
+    "bigbench_option": FORMAT_ERROR,
+    "bigbench_text": FORMAT_ERROR,
+    "amazon": -1,
+    "safety": FORMAT_ERROR,
+    "grounding": None,
+}
+
+
 def reference_equal(parsed: Any, gold: Any) -> bool:
     """The reference's comparison of a parsed answer with a gold label (string-wise, as numpy does
     for a mixed batch; Amazon compares ints)."""

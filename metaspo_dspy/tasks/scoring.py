@@ -20,7 +20,7 @@ import dspy
 
 from metaspo_dspy.metrics import TaskMetric
 from metaspo_dspy.tasks import parsing
-from metaspo_dspy.tasks.reference_parsing import FORMAT_ERROR, REFERENCE_PARSERS, reference_equal
+from metaspo_dspy.tasks.reference_parsing import FORMAT_ERROR, FORMAT_ERRORS, REFERENCE_PARSERS, reference_equal
 from metaspo_dspy.tasks.specs import TaskSpec
 
 #: the single class that unparsable answers fall into in the DSPy format's macro-F1
@@ -103,6 +103,21 @@ class AnswerMetric:
         if text is None:
             return None if self.prompt_format == "dspy" else self._parse(None, example)
         return self._parse(text, example)
+
+    def parsed(self, example: dspy.Example, prediction: Any) -> bool | None:
+        """Whether an answer could be read from ``prediction`` (the contract of
+        :func:`metaspo_dspy.metrics.answer_parsed`). Reference format: the task's parser did not
+        return its format-error value (:data:`FORMAT_ERROR`, ``-1`` for Amazon); grounding scores
+        the whole response, so ``None`` (not applicable). DSPy format: the normaliser read an
+        answer from the output field (an option letter, a rating, yes/no, non-empty text)."""
+        if self.prompt_format == "reference":
+            error = FORMAT_ERRORS[self.spec.reference_parser]
+            if error is None:
+                return None
+            value = self.parse(example, prediction)
+            return not (type(value) is type(error) and value == error)
+        value = self.parse(example, prediction)
+        return value is not None and value != ""
 
     def gold(self, example: dspy.Example) -> Any:
         """The gold answer in the form the parsed answer is compared with."""

@@ -20,7 +20,8 @@ so tests count what reaches the provider independently of our own bookkeeping.
 Use ``fake_lm("name", engine)`` to get a ``dspy.LM``; the model string ``metaspo-fake/<name>``
 with no registered engine uses a default engine configured from the environment
 (``METASPO_FAKE_LOG``, ``METASPO_FAKE_GOLD`` -- a JSON file ``{question: answer}`` --,
-``METASPO_FAKE_LATENCY`` and ``METASPO_FAKE_OPTIMIZER_LATENCY`` in seconds).
+``METASPO_FAKE_LATENCY`` and ``METASPO_FAKE_OPTIMIZER_LATENCY`` in seconds, ``METASPO_FAKE_UNTAGGED=1``
+for raw-format answers without the ``<answer>`` tag).
 """
 
 from __future__ import annotations
@@ -143,6 +144,9 @@ class FakeEngine:
             ``optimizer_latency`` is given).
         keep_requests: keep every parsed request in :attr:`requests` (tests inspect them; long
             benchmarks turn it off).
+        tag_answers: in the raw (reference) format, wrap task answers in ``<answer>...</answer>``;
+            False answers like a model that ignores the format (``The answer is (B).``), so the
+            reference parsers read nothing.
     """
 
     def __init__(
@@ -154,8 +158,10 @@ class FakeEngine:
         latency: float = 0.0,
         keep_requests: bool = True,
         optimizer_latency: float | None = None,
+        tag_answers: bool = True,
     ):
         self.gold = gold
+        self.tag_answers = tag_answers
         self.skill = skill
         self.override = override
         self.log_path = log_path
@@ -179,6 +185,7 @@ class FakeEngine:
             log_path=os.environ.get("METASPO_FAKE_LOG"),
             latency=float(os.environ.get("METASPO_FAKE_LATENCY", "0")),
             optimizer_latency=float(optimizer_latency) if optimizer_latency else None,
+            tag_answers=os.environ.get("METASPO_FAKE_UNTAGGED", "") not in ("1", "true"),
         )
 
     # -- bookkeeping -------------------------------------------------------------------------
@@ -222,7 +229,7 @@ class FakeEngine:
         elif request.kind == "optimizer":
             text = _render(request, self._optimizer_values(request))
         else:
-            text = _render(request, self._task_values(request))
+            text = _render(request, self._task_values(request), self.tag_answers)
         delay = self.optimizer_latency if request.kind == "optimizer" else self.latency
         if delay:
             time.sleep(delay)
@@ -289,10 +296,10 @@ def _keep_slots(text: str, base: str) -> str:
     return text
 
 
-def _render(request: Request, values: dict[str, Any]) -> str:
+def _render(request: Request, values: dict[str, Any], tagged: bool = True) -> str:
     if request.format == "raw":
         answer = values.get("answer", next(iter(values.values())))
-        return f"Let me think. <answer>{answer}</answer>"
+        return f"Let me think. <answer>{answer}</answer>" if tagged else f"Let me think. The answer is ({answer})."
     if request.format == "json":
         return json.dumps(values)
     if request.format == "xml":

@@ -23,6 +23,8 @@ gold answers from ``--gold FILE`` or ``$METASPO_FAKE_GOLD``). Options:
   (e.g. 401, 403, 404; fault ``status_CODE``), before any draw;
 * ``--start-delay S``: every request in the first S seconds after start answers 503 (a
   still-starting server; fault ``starting``), before any draw;
+* ``--untagged``: raw (reference-format) task answers carry no ``<answer>`` tag, like a model that
+  ignores the answer format: the reference parsers read nothing;
 * ``--echo-auth``: every error body the server sends (injected 500s, 429s, 503s, ``--status``,
   hangs) repeats the request's ``Authorization`` header value, as some servers do;
 * ``--record FILE``: each chat request's JSON body, one per line (``benchmarks/full_run.py`` replays
@@ -222,7 +224,7 @@ async def serve(args: argparse.Namespace) -> None:
     if path:
         with open(path, encoding="utf-8") as handle:
             gold = json.load(handle)
-    state = MockState(args, FakeEngine(gold=gold, keep_requests=False))
+    state = MockState(args, FakeEngine(gold=gold, keep_requests=False, tag_answers=not args.untagged))
     runner = web.AppRunner(make_app(state), access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", args.port, backlog=1024)
@@ -276,6 +278,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--hang", type=float, default=30.0, help="seconds an injected timeout hangs")
     p.add_argument("--seed", type=int, default=0, help="fault and latency draws")
     p.add_argument("--gold", help="JSON {question: answer} for correct answers")
+    p.add_argument(
+        "--untagged", action="store_true", help="raw-format task answers without <answer> tags (nothing parses)"
+    )
     p.add_argument("--log", help="JSON-lines request log")
     p.add_argument("--record", help="append each chat request's JSON body to this file (benchmarks replay them)")
     p.add_argument("--max-seconds", type=float, default=3600.0, help="the server stops by itself after this")
