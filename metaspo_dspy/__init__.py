@@ -6,6 +6,7 @@ import os as _os
 _os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
 from metaspo_dspy.adapters import ReferenceAdapter, with_system_prompt
+from metaspo_dspy.finetune import finetune_adapter
 from metaspo_dspy.meta_test import generate_user_prompts, test_time_adaptation, unseen_generalization
 from metaspo_dspy.metrics import MetricError, TaskMetric
 from metaspo_dspy.optimize.ape import APE
@@ -31,6 +32,7 @@ __all__ = [
     "TaskMetric",
     "WithSystemPrompt",
     "compile_kwargs",
+    "finetune_adapter",
     "generate_user_prompts",
     "load_task",
     "load_tasks",

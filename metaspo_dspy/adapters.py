@@ -17,7 +17,11 @@ descriptions, the field structure and the signature's instructions. This module 
 Every adapter made here reports the messages it formats and the completions it parses to the
 :class:`~metaspo_dspy.recorder.CallRecorder` found in ``dspy.settings.metaspo_recorder`` (if any),
 each completion paired with its own call; the evaluator uses this to show the optimizer what the
-model saw and said. It also refuses empty and truncated answers
+model saw and said. While such an adapter's call is in progress (outside its own ``format`` and
+``parse``), :data:`HANDING_OVER` holds its system prompt: an adapter subclass that hands the call
+to another adapter (``dspy.Refine``'s retry adapter does) makes that adapter format the task's
+messages, and :class:`~metaspo_dspy.scope.Rider` gives them the system prompt
+(:func:`format_with_system_prompt`). It also refuses empty and truncated answers
 (:mod:`metaspo_dspy.responses`: an empty one is asked once more, bypassing DSPy's cache, then
 raises ``EmptyResponse``; a truncated one raises ``TruncatedResponse``), and reports them and
 every parse failure to the run's fault log.
@@ -25,9 +29,12 @@ every parse failure to the run's fault log.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import copy
 import functools
 import threading
+from collections.abc import Iterator
 from typing import Any, Literal
 
 import dspy
@@ -43,12 +50,15 @@ from metaspo_dspy.reference_adapter import ReferenceAdapter
 
 __all__ = [
     "ADAPTERS",
+    "HANDING_OVER",
     "CallRecorder",
     "InstructionsIn",
     "LMCall",
     "ReferenceAdapter",
+    "adapter_in_effect",
     "adapter_name",
     "base_adapter",
+    "format_with_system_prompt",
     "make_adapter",
     "message_text",
     "observed",
@@ -60,6 +70,25 @@ __all__ = [
 InstructionsIn = Literal["user", "system"]
 _PLACEMENTS = ("user", "system")
 _CALLBACKS_FILE = _dspy_callbacks.__file__  # where DSPy's with_callbacks wrappers are defined
+
+#: ``(system prompt, placement)`` of the :func:`with_system_prompt` adapter whose ``__call__``/
+#: ``acall`` is in progress in this execution context, outside that adapter's own ``parse``; None
+#: elsewhere. An adapter *without* a system prompt that formats while it is set was handed the
+#: task call by the adapter in effect (e.g. ``dspy.Refine``'s retry adapter calls the adapter it
+#: captured before our scope opened) and must send this system prompt; one that formats while the
+#: adapter in effect parses (``TwoStepAdapter``'s extraction call) is a helper call and must not.
+HANDING_OVER: contextvars.ContextVar[tuple[str, InstructionsIn] | None] = contextvars.ContextVar(
+    "metaspo_handing_over", default=None
+)
+
+
+@contextlib.contextmanager
+def _handing_over(carried: tuple[str, InstructionsIn] | None) -> Iterator[None]:
+    token = HANDING_OVER.set(carried)
+    try:
+        yield
+    finally:
+        HANDING_OVER.reset(token)
 
 
 def message_text(content: Any) -> str:
@@ -142,11 +171,13 @@ class _SystemPromptMixin:
 
     def __call__(self, lm, lm_kwargs, signature, demos, inputs):
         base = super()
-        return responses.guarded(lambda kwargs: base.__call__(lm, kwargs, signature, demos, inputs), lm_kwargs)
+        with _handing_over((self.system_prompt_text, self.instructions_in)):
+            return responses.guarded(lambda kwargs: base.__call__(lm, kwargs, signature, demos, inputs), lm_kwargs)
 
     async def acall(self, lm, lm_kwargs, signature, demos, inputs):
         base = super()
-        return await responses.aguarded(lambda kwargs: base.acall(lm, kwargs, signature, demos, inputs), lm_kwargs)
+        with _handing_over((self.system_prompt_text, self.instructions_in)):
+            return await responses.aguarded(lambda kwargs: base.acall(lm, kwargs, signature, demos, inputs), lm_kwargs)
 
     def _call_postprocess(self, processed_signature, original_signature, outputs, lm, lm_kwargs):
         try:
@@ -160,7 +191,8 @@ class _SystemPromptMixin:
         recording.finish(completion)
         base_parse = _without_callbacks(super().parse.__func__)
         try:
-            return base_parse(self, signature, completion)
+            with _handing_over(None):  # calls the parser makes (TwoStepAdapter's extraction) are not the task
+                return base_parse(self, signature, completion)
         except AdapterParseError as exc:
             faults.report("parse_error", None, redact(f"{type(self).__name__}: {str(exc)[:200]}"))
             raise
@@ -240,6 +272,16 @@ def with_system_prompt(adapter: Adapter | None, text: str, instructions_in: Inst
     return wrapped
 
 
+def format_with_system_prompt(
+    adapter: Adapter, text: str, instructions_in: InstructionsIn, signature: type, demos: list, inputs: dict[str, Any]
+) -> list[dict[str, Any]]:
+    """The messages ``with_system_prompt(adapter, text, instructions_in)`` formats for this call,
+    built without firing DSPy's format callbacks (for a callback that replaces what ``adapter``
+    formatted on its own; the call is reported to the run's recorder like any formatted call)."""
+    carried = with_system_prompt(adapter, text, instructions_in)
+    return _without_callbacks(type(carried).format)(carried, signature, demos, inputs)
+
+
 def observed(adapter: Adapter | None) -> Adapter:
     """``adapter`` (default ChatAdapter) unchanged in what it sends, but reporting parse failures to
     the run's fault log and its calls to the run's recorder (used for optimizer calls)."""
@@ -256,6 +298,13 @@ def system_prompt_of(adapter: Any) -> str | None:
 def base_adapter(adapter: Any) -> Any:
     """The adapter a :func:`with_system_prompt` adapter was made from (a copy), else ``adapter``."""
     return _plain_copy(adapter) if isinstance(adapter, _SystemPromptMixin) else adapter
+
+
+def adapter_in_effect(adapter: Adapter | None) -> Adapter | None:
+    """The base adapter task calls use when ``adapter`` is the one given: ``adapter`` itself, else
+    the configured one (``dspy.settings.adapter``, without any system prompt it carries), else None
+    (ChatAdapter, DSPy's default). Read it where the calls are made: the configuration may change."""
+    return adapter if adapter is not None else base_adapter(dspy.settings.adapter)
 
 
 def placement_of(adapter: Any) -> InstructionsIn | None:

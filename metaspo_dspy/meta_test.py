@@ -31,7 +31,8 @@ from metaspo_dspy.io import atomic_write_json
 from metaspo_dspy.optimize.common import ConfigError, TaskRun, check_examples
 from metaspo_dspy.optimize.proposer import Proposal, Proposer, io_pairs
 from metaspo_dspy.optimize.protegi import ProTeGi
-from metaspo_dspy.optimize.task_run import check_processes
+from metaspo_dspy.optimize.search import TooManyFailures
+from metaspo_dspy.optimize.task_run import check_lms, check_processes
 from metaspo_dspy.processes import ProcessError
 from metaspo_dspy.program import SystemPrompt, WithSystemPrompt, as_system_prompt, unwrap
 from metaspo_dspy.seeding import rng_for
@@ -40,13 +41,18 @@ from metaspo_dspy.seeding import rng_for
 def generate_user_prompts(
     task: Any, optimizer_lm: Any, num: int = 10, seed: int = 42, num_pairs: int = 10, adapter: Any = None
 ) -> list[str]:
-    """``num`` APE user prompts for ``task`` (one optimizer call each); failed proposals are retried
-    with new samples, up to ``3 * num`` calls, then a ``RuntimeError`` says how many were made."""
+    """``num`` APE user prompts for ``task`` (one optimizer call each); an unusable proposal (failed,
+    discarded -- an echo, say --, or a repeat) is retried with new samples, up to ``max(3 * num, num +
+    5)`` calls, then :class:`~metaspo_dspy.optimize.search.TooManyFailures` says how many were made and
+    why the others were discarded. An ``optimizer_lm`` that is not a ``dspy.BaseLM`` is a
+    :class:`ConfigError` before any call."""
+    check_lms(optimizer_lm=optimizer_lm)
     proposer = Proposer(optimizer_lm, make_adapter(adapter), seed)
     train = check_examples(task.name, task.train, "train")
     prompts: list[str] = []
-    attempt = 0
-    while len(prompts) < num and attempt < 3 * num:
+    reasons: list[str] = []
+    attempt, attempts = 0, max(3 * num, num + 5)
+    while len(prompts) < num and attempt < attempts:
         rng = rng_for(seed, "unseen_prompts", task.name, attempt)
         pairs = io_pairs(rng.sample(train, min(num_pairs, len(train))))
         proposal = Proposal(
@@ -61,9 +67,17 @@ def generate_user_prompts(
         proposer.induce(proposal, pairs, getattr(task, "prompt_suffix", ""))
         if proposal.ok and proposal.text not in prompts:
             prompts.append(proposal.text)
+        else:
+            reasons.append(proposal.reason or "a repeat of an earlier prompt")
         attempt += 1
     if len(prompts) < num:
-        raise RuntimeError(f"APE produced only {len(prompts)} of {num} usable user prompts for {task.name!r}")
+        model = getattr(optimizer_lm, "model", type(optimizer_lm).__name__)
+        raise TooManyFailures(
+            f"the optimizer model {model!r} wrote only {len(prompts)} of {num} usable user prompts for unseen task "
+            f"{task.name!r} in {attempt} calls (first reasons: {list(dict.fromkeys(reasons))[:3]}); use a stronger "
+            "optimizer model, or give the prompts (user_prompts=, a prompts_dir; `metaspo test --user-prompts "
+            "authors` where the authors' prompts are fetched)"
+        )
     return prompts
 
 
@@ -117,8 +131,11 @@ def unseen_generalization(
     "user_prompts", "failures", "parsed"}}, "task_lm_calls"}``; ``average`` is the mean of the task
     means; ``parsed`` is ``{"parsed": n, "answers": m}``, the answers the task's metric could read
     out of those where parsing applies (:func:`~metaspo_dspy.metrics.answer_parsed`).
-    All tasks x prompts x test examples run as one evaluation grid.
+    All tasks x prompts x test examples run as one evaluation grid. A ``task_lm`` or
+    ``optimizer_lm`` that is not a ``dspy.BaseLM`` (a model string) is a :class:`ConfigError` before
+    any call.
     """
+    check_lms(task_lm=task_lm, optimizer_lm=optimizer_lm)
     system_prompt = as_system_prompt(system_prompt)
     tasks = list(tasks)
     if not tasks:
@@ -207,9 +224,11 @@ def test_time_adaptation(
 ) -> dict[str, Any]:
     """User-prompt optimization on ``task`` with ``system_prompt`` fixed; per-round train/test scores.
 
-    By default ProTeGi (``iterations`` rounds, ``num_candidates`` x ``beam_width``, the paper's
-    protocol; ``kwargs`` go to :class:`ProTeGi`). With ``optimizer=`` any DSPy teleprompter runs
-    instead (``dspy.GEPA(...)``, ``dspy.MIPROv2(auto="light", ...)``, ``dspy.BootstrapFewShot(...)``):
+    By default ProTeGi (``num_candidates`` x ``beam_width``, the paper's protocol; ``kwargs`` go to
+    :class:`ProTeGi`) for ``iterations + 1`` rounds, as the reference runs it: the first expansion
+    of the task's initial prompt, then ``iterations`` more (``iterations=6``: rounds 0 to 6).
+    With ``optimizer=`` any DSPy teleprompter runs instead (``dspy.GEPA(...)``,
+    ``dspy.MIPROv2(auto="light", ...)``, ``dspy.BootstrapFewShot(...)``):
     it compiles ``WithSystemPrompt(task.program(), system_prompt, adapter)`` on the train split
     under ``task_lm`` (so every task call carries the system prompt, and none of the optimizer's own
     calls do), and its final program is scored on train and test with the task's metric. An
@@ -221,9 +240,13 @@ def test_time_adaptation(
 
     Returns ``{"system_prompt", "task", "initial", "rounds": [{"round", "train": [...], "test":
     [...], "best_train", "test_of_best", "mean_test"}], "program", "details"}`` where round 0 is the
-    first expansion (ProTeGi) or the optimizer's final program, and ``test_of_best`` is the test
-    score of the round's best prompt by train score.
+    first expansion (ProTeGi: ``iterations + 1`` rounds in all) or the optimizer's final program,
+    and ``test_of_best`` is the test score of the round's best prompt by train score.
+
+    A ``task_lm`` or ``optimizer_lm`` that is not a ``dspy.BaseLM`` (a model string) is a
+    :class:`ConfigError` before any call, with either optimizer.
     """
+    check_lms(optimizer_lm=optimizer_lm, task_lm=task_lm)
     if optimizer is not None:
         return _with_teleprompter(optimizer, as_system_prompt(system_prompt), task, task_lm, **kwargs)
     if optimizer_lm is None:

@@ -20,7 +20,7 @@ from typing import Any
 import dspy
 from dspy.predict.parameter import Parameter
 
-from metaspo_dspy.adapters import InstructionsIn, adapter_name, make_adapter, with_system_prompt
+from metaspo_dspy.adapters import ADAPTERS, InstructionsIn, adapter_name, make_adapter, with_system_prompt
 from metaspo_dspy.io import atomic_write_text, read_named_file
 from metaspo_dspy.program_spec import program_from_spec, program_spec
 from metaspo_dspy.scope import system_prompt_scope
@@ -156,6 +156,11 @@ class WithSystemPrompt(dspy.Module):
     itself inside ``forward``, and never reaches LM calls made outside this run. The wrapped
     program is used as given (not copied, not modified).
 
+    A :class:`SystemPrompt` given is copied, so loading or editing this wrapper's prompt
+    (``wrapper.load(path)``, ``wrapper.system_prompt.text = ...``) never changes the object passed
+    in (e.g. ``best.system_prompt``), nor the other way round; ``share=True`` keeps that very object
+    instead, so a change on either side is seen by both (``MetaSPOProgram.for_task`` shares).
+
     Nesting: ``WithSystemPrompt(WithSystemPrompt(p, inner), outer)`` sends ``inner`` -- the system
     prompt closest to the predictors wins, as the innermost ``dspy.context`` does.
 
@@ -173,12 +178,14 @@ class WithSystemPrompt(dspy.Module):
         program: dspy.Module,
         system_prompt: SystemPrompt | str,
         adapter: dspy.Adapter | str | None = None,
+        share: bool = False,
     ):
         super().__init__()
         if not isinstance(program, dspy.Module):
             raise TypeError(f"WithSystemPrompt wraps a dspy.Module, got {type(program).__name__}")
         self.program = program
-        self.system_prompt = as_system_prompt(system_prompt)
+        prompt = as_system_prompt(system_prompt)
+        self.system_prompt = copy.deepcopy(prompt) if isinstance(system_prompt, SystemPrompt) and not share else prompt
         self.adapter = make_adapter(adapter)
         self._compiled = bool(getattr(program, "_compiled", False))
 
@@ -228,10 +235,13 @@ class MetaSPOProgram(dspy.Module):
     with an input field named ``task``: ``program("beauty", task=..., **inputs)``);
     ``program.tasks["beauty"]`` is the bare task program (no system prompt: wrap it with
     :class:`WithSystemPrompt` or call :meth:`for_task`); ``detailed_results`` holds the run's
-    history (see ``MetaSPO``). ``save("x.json")`` writes a ``Module.save``-compatible JSON that also
-    records the adapter, each task program's structure and the run history, so
-    :meth:`from_file` can rebuild it. Task programs marked compiled by another optimizer are seen
-    through (their predictors are saved and loaded) and keep their mark, as in
+    history (see ``MetaSPO``). ``adapter`` is the base adapter its calls use: for ``compile``'s
+    result the one in effect during ``compile`` (the teleprompter's ``adapter=`` or the wrapped task
+    programs', else the configured one; None when none was set: the adapter configured when it
+    runs, else ChatAdapter). ``save("x.json")`` writes a ``Module.save``-compatible JSON that also
+    records that adapter, each task program's structure and the run history, so :meth:`from_file`
+    can rebuild it and run it in the same format. Task programs marked compiled by another
+    optimizer are seen through (their predictors are saved and loaded) and keep their mark, as in
     :class:`WithSystemPrompt`.
     """
 
@@ -249,8 +259,9 @@ class MetaSPOProgram(dspy.Module):
         self.detailed_results = detailed_results or {}
 
     def for_task(self, task: str) -> WithSystemPrompt:
-        """The task's program wrapped with this system prompt (shares the task program)."""
-        return WithSystemPrompt(self._task(task), self.system_prompt, self.adapter)
+        """The task's program wrapped with this system prompt and adapter; a view: it shares the
+        task program and the :class:`SystemPrompt` object with this program."""
+        return WithSystemPrompt(self._task(task), self.system_prompt, self.adapter, share=True)
 
     def _task(self, task: str) -> dspy.Module:
         try:
@@ -306,14 +317,23 @@ class MetaSPOProgram(dspy.Module):
         cls,
         path: str | Path,
         programs: dspy.Module | Mapping[str, dspy.Module] | None = None,
+        adapter: dspy.Adapter | None = None,
     ) -> MetaSPOProgram:
         """Rebuild a program written by :meth:`save`.
 
-        ``programs`` gives the task programs' structure (one module for all tasks, or one per
-        task); they are deep-copied, never modified. Without it, each task's program is rebuilt
-        from the structure recorded at save time, which works for ``Predict`` and
-        ``ChainOfThought`` programs whose field types are builtins, lists or literals; other
-        programs need ``programs=``, and a clear error says so.
+        ``programs`` gives task programs' structure: one module for every task, or
+        ``{task: module}`` for some of them (a name the file does not hold is a ``ValueError``);
+        they are deep-copied, never modified. Each task not given is rebuilt from the structure
+        recorded at save time, which works for ``Predict`` and ``ChainOfThought`` programs whose
+        field types are builtins, lists or literals; for other programs a ``ValueError`` asks for
+        them in ``programs=``.
+
+        The program runs with the adapter recorded in the file, rebuilt by name (``chat``,
+        ``json``, ``xml``, ``reference``; ``default``: none). Any other adapter class (your own, or
+        one that needs arguments such as ``TwoStepAdapter``) is recorded by its class path and
+        cannot be rebuilt from the file: pass an instance as ``adapter=``. An ``adapter=`` of
+        another class than the recorded one is a ``ValueError``: the prompts were scored in the
+        recorded format.
         """
         path = Path(path)
         try:
@@ -325,12 +345,16 @@ class MetaSPOProgram(dspy.Module):
         meta = data.get("metaspo") if isinstance(data, dict) else None
         if not isinstance(meta, dict) or meta.get("format") != PROGRAM_FORMAT:
             raise ValueError(f"{path} is not a saved MetaSPO program (written by MetaSPOProgram.save)")
+        if isinstance(programs, Mapping):
+            unknown = sorted(set(programs) - set(meta["programs"]))
+            if unknown:
+                raise ValueError(
+                    f"programs= names tasks that {path} does not hold: {unknown}; it holds {sorted(meta['programs'])}"
+                )
         tasks: dict[str, dspy.Module] = {}
         for task, spec in meta["programs"].items():
-            if programs is not None:
-                template = programs if isinstance(programs, dspy.Module) else programs.get(task)
-                if template is None:
-                    raise ValueError(f"programs= has no program for task {task!r}")
+            template = programs if isinstance(programs, dspy.Module) else (programs or {}).get(task)
+            if template is not None:
                 tasks[task] = template.deepcopy()
             elif spec is None:
                 raise ValueError(
@@ -342,7 +366,7 @@ class MetaSPOProgram(dspy.Module):
         result = cls(
             SystemPrompt(),
             tasks,
-            adapter=make_adapter(meta.get("adapter")),
+            adapter=_saved_adapter(path, meta.get("adapter"), adapter),
             detailed_results=meta.get("detailed_results") or {},
         )
         state = {k: v for k, v in data.items() if k not in ("metadata", "metaspo")}
@@ -353,3 +377,21 @@ class MetaSPOProgram(dspy.Module):
         new = super().deepcopy()
         new.detailed_results = copy.deepcopy(self.detailed_results)
         return new
+
+
+def _saved_adapter(path: Path, recorded: Any, given: dspy.Adapter | None) -> dspy.Adapter | None:
+    """The adapter a program saved in ``path`` runs with (see :meth:`MetaSPOProgram.from_file`):
+    ``given``, which must be of the ``recorded`` class, else the recorded one rebuilt by name."""
+    if given is not None:
+        if adapter_name(given) != recorded:
+            raise ValueError(
+                f"{path} records adapter {recorded!r}, the format its prompts were scored in; adapter= is "
+                f"{adapter_name(given)!r}"
+            )
+        return given
+    if recorded is None or recorded == "default" or recorded in ADAPTERS:
+        return make_adapter(recorded)
+    raise ValueError(
+        f"{path} records adapter {recorded!r}, which cannot be rebuilt from the file (only "
+        f"{', '.join(ADAPTERS)} can); pass an instance of it: MetaSPOProgram.from_file(path, adapter=...)"
+    )

@@ -10,6 +10,11 @@
   dspy.JSONAdapter()): ...``) carries it too: a DSPy callback (:class:`Rider`, first in
   ``dspy.settings.callbacks`` inside the scope) wraps the adapter in effect for the duration of
   each ``dspy.Predict`` call whose adapter carries no system prompt yet;
+* an adapter the adapter in effect hands the call to carries it too: ``dspy.Refine``'s retry
+  adapter, a subclass of the adapter Refine captured *before* a ``WithSystemPrompt`` inside it
+  opened its scope, calls that captured adapter; the :class:`Rider` (a format callback) replaces
+  the messages it formats with the ones the scope's adapter would send
+  (:data:`~metaspo_dspy.adapters.HANDING_OVER`); calls made while parsing are left alone;
 * an adapter that already carries one -- a nested scope's, or one made with ``with_system_prompt``
   inside ``forward`` -- is left as it is: the innermost system prompt wins;
 * :func:`no_system_prompt` opens a block inside a scope whose calls get none (e.g. an optimizer
@@ -29,7 +34,15 @@ from dspy.dsp.utils.settings import thread_local_overrides
 from dspy.dsp.utils.utils import dotdict
 from dspy.utils.callback import BaseCallback
 
-from metaspo_dspy.adapters import InstructionsIn, base_adapter, system_prompt_of, with_system_prompt
+from metaspo_dspy import recorder as recording
+from metaspo_dspy.adapters import (
+    HANDING_OVER,
+    InstructionsIn,
+    base_adapter,
+    format_with_system_prompt,
+    system_prompt_of,
+    with_system_prompt,
+)
 
 SETTING = "metaspo_system_prompt"
 
@@ -44,10 +57,18 @@ class ActiveSystemPrompt:
 
 class Rider(BaseCallback):
     """Puts the scope's system prompt on the adapter a ``dspy.Predict`` call is about to use, when
-    the program switched to an adapter without one inside the scope. Restores it after the call."""
+    the program switched to an adapter without one inside the scope. Restores it after the call.
+
+    Also gives it to an adapter without one that the adapter in effect hands its call to (see
+    :data:`~metaspo_dspy.adapters.HANDING_OVER`): the list of messages that adapter's ``format``
+    returns -- the object DSPy hands to ``on_adapter_format_end`` and then sends -- is refilled in
+    place with :func:`~metaspo_dspy.adapters.format_with_system_prompt`'s messages; while that
+    adapter parses, nothing is handed over (its parser's own calls are not the task)."""
 
     def __init__(self) -> None:
         self._tokens: dict[str, Any] = {}
+        self._handed: dict[str, tuple[Any, tuple[str, InstructionsIn], dict[str, Any]]] = {}
+        self._parsing: dict[str, Any] = {}
         self._lock = threading.Lock()
 
     def on_module_start(self, call_id: str, instance: Any, inputs: dict[str, Any]) -> None:
@@ -67,6 +88,37 @@ class Rider(BaseCallback):
             token = self._tokens.pop(call_id, None)
         if token is not None:
             thread_local_overrides.reset(token)
+
+    def on_adapter_format_start(self, call_id: str, instance: Any, inputs: dict[str, Any]) -> None:
+        carried = HANDING_OVER.get()
+        if carried is None or system_prompt_of(instance) is not None:
+            return
+        with self._lock:
+            self._handed[call_id] = (instance, carried, inputs)
+
+    def on_adapter_format_end(self, call_id: str, outputs: Any, exception: BaseException | None = None) -> None:
+        with self._lock:
+            handed = self._handed.pop(call_id, None)
+        if handed is None or exception is not None or not isinstance(outputs, list):
+            return
+        instance, (text, instructions_in), inputs = handed
+        outputs[:] = format_with_system_prompt(
+            instance, text, instructions_in, inputs["signature"], inputs["demos"], inputs["inputs"]
+        )
+
+    def on_adapter_parse_start(self, call_id: str, instance: Any, inputs: dict[str, Any]) -> None:
+        if HANDING_OVER.get() is None or system_prompt_of(instance) is not None:
+            return
+        recording.finish(inputs["completion"])  # pairs with the call format_with_system_prompt recorded
+        token = HANDING_OVER.set(None)
+        with self._lock:
+            self._parsing[call_id] = token
+
+    def on_adapter_parse_end(self, call_id: str, outputs: Any, exception: BaseException | None = None) -> None:
+        with self._lock:
+            token = self._parsing.pop(call_id, None)
+        if token is not None:
+            HANDING_OVER.reset(token)
 
 
 RIDER = Rider()

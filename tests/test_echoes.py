@@ -12,9 +12,11 @@ from conftest import exact_metric, load_examples
 
 from metaspo_dspy import MetaSPO, compile_kwargs, load_task
 from metaspo_dspy.journal import Journal
+from metaspo_dspy.meta_test import generate_user_prompts
 from metaspo_dspy.optimize import signatures as sigs
 from metaspo_dspy.optimize.echoes import echo_of, vocabulary
 from metaspo_dspy.optimize.proposer import Proposal, Proposer
+from metaspo_dspy.optimize.search import TooManyFailures
 from metaspo_dspy.optimize.sprig import SPRIG
 from metaspo_dspy.optimize.sprig_library import load_components
 from metaspo_dspy.program import DEFAULT_SYSTEM_PROMPT
@@ -289,3 +291,15 @@ def test_sprig_treats_an_echoed_rephrasing_as_an_unusable_rephrase(engine_factor
     assert artifact["edit_stats"]["rephrase"]["pulls"] == len(rephrasings)
     assert not any("Paraphrased Instruction" in c["text"] for c in artifact["candidates"])
     assert not any("Paraphrased" in r.system_prompt for r in engine.requests if r.kind == "task")
+
+
+def test_unseen_user_prompts_from_an_echoing_optimizer_stop_with_the_reasons_not_a_bug(engine_factory):
+    """APE for an unseen task retries unusable proposals (here: every one an echo) a bounded number
+    of times, then stops with TooManyFailures naming the reason (the CLI's `stopped:` line, exit 1)."""
+    engine, _task_lm, opt_lm = engine_factory("ape-echo", override=_echoing)
+    task = load_task("gen_sorting", train_size=4, test_size=1)
+    with pytest.raises(TooManyFailures) as stop:
+        generate_user_prompts(task, opt_lm, num=1)
+    assert engine.counts["optimizer"] == 6  # max(3 * num, num + 5) calls
+    assert "wrote only 0 of 1 usable user prompts for unseen task 'gen_sorting' in 6 calls" in str(stop.value)
+    assert "echo: " in str(stop.value)

@@ -77,7 +77,11 @@ def add_parser(subparsers) -> None:
     group.add_argument("--domains", nargs="+", metavar="CONFIG", help="one table per config (e.g. review medical)")
     group.add_argument("--analysis", choices=["unseen", "tta"], help="unseen generalization (default) or tta")
     group.add_argument("--num-user-prompts", type=int, help="user prompts per unseen task (paper: 10)")
-    group.add_argument("--tta-iterations", type=int, help="ProTeGi rounds for test-time adaptation (paper: 6)")
+    group.add_argument(
+        "--tta-iterations",
+        type=int,
+        help="test-time adaptation: ProTeGi rounds after the first (N: rounds 0..N, N+1 in all; paper: 6)",
+    )
     group.add_argument("--log-dir", type=Path, help="folder for the sub-runs and the table (required)")
     group.add_argument("--resume", type=Path, metavar="LOG_DIR", help="continue a compare with its recorded settings")
     add_preflight_argument(parser)

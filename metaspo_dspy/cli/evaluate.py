@@ -32,7 +32,8 @@ Meta-test one or more system prompts on the unseen tasks of a config.
     optimized (the authors' stored prompts when the data folder has them, else generated once
     with APE by the optimizer model and stored in the log dir), mean and spread per task;
   test-time adaptation: ProTeGi on each task's user prompt with the system prompt fixed,
-    test score of the best kept prompt per round.
+    test score of the best kept prompt per round; --tta-iterations N runs N+1 rounds (0..N:
+    the first expansion of the initial prompt, then N more, as the reference does).
 
 A system prompt is a preset (default, cot, service), a run directory made by `metaspo train`, or a
 text/JSON file.
@@ -63,7 +64,11 @@ def add_parser(subparsers) -> None:
         default="auto",
         help="auto: the authors' stored prompts where they exist, else APE-generated",
     )
-    parser.add_argument("--tta-iterations", type=int, help="ProTeGi rounds for test-time adaptation (paper: 6)")
+    parser.add_argument(
+        "--tta-iterations",
+        type=int,
+        help="test-time adaptation: ProTeGi rounds after the first (N: rounds 0..N, N+1 in all; paper: 6)",
+    )
     parser.add_argument("--log-dir", type=Path, help="where results go (default: runs/test-<time>)")
     add_preflight_argument(parser)
     parser.set_defaults(handler=run)

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import dspy
-
 from metaspo_dspy.optimize.common import ConfigError
 from metaspo_dspy.optimize.single import SingleTaskOptimizer, SingleTaskSearch
 from metaspo_dspy.program import WithSystemPrompt
@@ -24,7 +22,14 @@ class APE(SingleTaskOptimizer):
         num_candidates: prompts generated, and paraphrases per kept prompt (6).
         top_k: prompts kept for resampling (3).
         num_pairs: input/output pairs shown per generation (10).
+
+    ``compile(student, *, trainset, testset=None, task_name="task", prompt_suffix="")`` (the base
+    class's) optimizes a single-predictor ``student`` and returns it wrapped with the fixed system
+    prompt; ``prompt_suffix`` is appended to every generated prompt (the reference format's
+    question slot and answer-format line).
     """
+
+    compile_options = ("prompt_suffix",)
 
     def __init__(
         self,
@@ -43,21 +48,6 @@ class APE(SingleTaskOptimizer):
         self.num_candidates = num_candidates
         self.top_k = top_k
         self.num_pairs = num_pairs
-
-    def compile(
-        self,
-        student: dspy.Module,
-        *,
-        trainset: Any,
-        testset: Any = None,
-        task_name: str = "task",
-        prompt_suffix: str = "",
-        **kwargs: Any,
-    ) -> WithSystemPrompt:
-        """Optimize a single-predictor ``student``; returns it wrapped with the fixed system prompt."""
-        if kwargs:
-            raise ConfigError(f"unexpected compile() arguments {sorted(kwargs)}")
-        return self._execute(self._search(student, trainset, testset, task_name, prompt_suffix), task_name, testset)
 
     def _run(self, search: SingleTaskSearch, task_name: str, testset: Any) -> WithSystemPrompt:
         task = search.tasks[task_name]

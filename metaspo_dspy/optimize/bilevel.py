@@ -281,7 +281,7 @@ class BilevelRun(SearchRun):
         best = MetaSPOProgram(
             SystemPrompt(state.system_prompt, self.o.instructions_in),
             programs,
-            adapter=self.o.adapter,
+            adapter=self.adapter_in_effect,
             detailed_results=data,
         )
         self.write_results(data, best, {"bilevel_nodes.json": reference_bilevel_nodes(data)})

@@ -29,20 +29,49 @@ from dspy.teleprompt.teleprompt import Teleprompter
 
 from metaspo_dspy.adapters import adapter_name, make_adapter
 from metaspo_dspy.budget import Budget, is_priced
-from metaspo_dspy.lm.preflight import check_lm, preflight
-from metaspo_dspy.lm.settings import ModelConfigError
+from metaspo_dspy.lm.preflight import preflight
 from metaspo_dspy.metrics import Metric
 from metaspo_dspy.optimize.artifact import reference_bilevel_nodes
 from metaspo_dspy.optimize.bilevel import BilevelRun
 from metaspo_dspy.optimize.common import ConfigError, PhaseLog, TaskRun, check_examples
-from metaspo_dspy.optimize.task_run import check_processes, positive_int
+from metaspo_dspy.optimize.task_run import check_lms, check_processes, positive_int
 from metaspo_dspy.optimize.wrapped import Unwrapped, choose, unwrap_programs
 from metaspo_dspy.program import DEFAULT_SYSTEM_PROMPT, MetaSPOProgram, SystemPrompt
 from metaspo_dspy.runs import finished_run
+from metaspo_dspy.tracking import log_task_sets
 
 METHODS = ("metaspo", "outer_loop", "metaspo_ape")
 logger = logging.getLogger(__name__)
 __all__ = ["METHODS", "MetaSPO", "reference_bilevel_nodes"]
+
+
+#: DSPy's ``Teleprompter.compile`` data keywords, which ``MetaSPO.compile`` replaces by one set per task.
+DSPY_SET_ARGUMENTS = ("trainset", "valset")
+
+
+def _the_program(program: Any, student: Any, unexpected: Mapping[str, Any]) -> Any:
+    """The program given to ``MetaSPO.compile`` as ``program`` (positionally) or as ``student``
+    (DSPy's name); a :class:`ConfigError` for both or neither, for DSPy's ``trainset=``/``valset=``
+    (with the ``trainsets=`` to use instead) and for any other unknown argument in ``unexpected``."""
+    dspy_sets = sorted(set(unexpected) & set(DSPY_SET_ARGUMENTS))
+    if dspy_sets:
+        given = " and ".join(f"{name}=" for name in dspy_sets)
+        raise ConfigError(
+            f"MetaSPO.compile() takes one set per task, not DSPy's {given}: pass "
+            "trainsets={task_name: [dspy.Example, ...]} (a single task too: trainsets={'my_task': examples}); "
+            "MetaSPO selects on the train sets and has no validation set (testsets={task_name: [...]} only "
+            "scores the final prompts)"
+        )
+    if unexpected:
+        raise ConfigError(f"unexpected compile() arguments {sorted(unexpected)}; see MetaSPO.compile's docstring")
+    if program is not None and student is not None:
+        raise ConfigError("compile() got the program twice: pass it positionally (program=) or as student=, not both")
+    if program is None and student is None:
+        raise ConfigError(
+            "compile() needs the program: compile(program, trainsets={...}) or "
+            "compile(student=program, trainsets={...})"
+        )
+    return program if program is not None else student
 
 
 class MetaSPO(Teleprompter):
@@ -150,11 +179,7 @@ class MetaSPO(Teleprompter):
             raise ConfigError(f"method must be one of {METHODS}, got {method!r}")
         if instructions_in not in (None, "user", "system"):
             raise ConfigError(f"instructions_in must be 'user' or 'system', got {instructions_in!r}")
-        try:
-            check_lm(optimizer_lm, "optimizer_lm")
-            check_lm(task_lm, "task_lm")
-        except ModelConfigError as exc:
-            raise ConfigError(str(exc)) from None
+        check_lms(optimizer_lm=optimizer_lm, task_lm=task_lm)
         self.metric = metric
         self.optimizer_lm = optimizer_lm
         self.task_lm = task_lm
@@ -229,11 +254,13 @@ class MetaSPO(Teleprompter):
     # -- public ------------------------------------------------------------------------------
     def compile(
         self,
-        program: dspy.Module | Mapping[str, dspy.Module],
+        program: dspy.Module | Mapping[str, dspy.Module] | None = None,
         trainsets: Mapping[str, Any] | None = None,
         testsets: Mapping[str, Any] | None = None,
         metrics: Mapping[str, Metric] | None = None,
         user_prompt_suffixes: Mapping[str, str] | None = None,
+        *,
+        student: dspy.Module | Mapping[str, dspy.Module] | None = None,
         **kwargs: Any,
     ) -> MetaSPOProgram:
         """Run the search and return the optimized :class:`MetaSPOProgram`.
@@ -250,11 +277,21 @@ class MetaSPO(Teleprompter):
             metrics: optional ``{task: metric}`` overriding ``metric``.
             user_prompt_suffixes: optional ``{task: text}`` appended to APE-made user prompts
                 (the reference format's question slot and answer-format line).
+            student: DSPy's name for ``program`` (``compile(student=..., trainsets=...)``, as DSPy's
+                optimizers are called); give the program once, by either name.
+
+        DSPy's one-set ``trainset=``/``valset=`` are refused with a :class:`ConfigError` that names
+        ``trainsets=`` (there is one train set per task, and no validation set), before any call.
+        With MLflow's DSPy autolog on (``log_compiles=True``) the task sets are logged into its run
+        (:func:`metaspo_dspy.tracking.log_task_sets`).
         """
-        if kwargs:
-            raise ConfigError(f"unexpected compile() arguments {sorted(kwargs)}; see MetaSPO.compile's docstring")
+        program = _the_program(program, student, kwargs)
         tasks, unwrapped = self._task_runs(program, trainsets, testsets, metrics, user_prompt_suffixes)
         owner = self._for_wrapped(unwrapped)
+        log_task_sets(
+            {name: task.trainset for name, task in tasks.items()},
+            {name: task.testset for name, task in tasks.items() if task.testset is not None},
+        )
         if self.resume and finished_run(self.log_dir) is not None:
             logger.info("%s is a finished run: its saved program is returned, nothing is asked", self.log_dir)
             return owner.make_run(tasks).reopen()  # the settings are still compared with the run's

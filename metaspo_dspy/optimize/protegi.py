@@ -12,8 +12,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import dspy
-
 from metaspo_dspy.optimize.common import ConfigError
 from metaspo_dspy.optimize.single import SingleTaskOptimizer, SingleTaskSearch, node_dicts
 from metaspo_dspy.program import WithSystemPrompt
@@ -26,6 +24,11 @@ class ProTeGi(SingleTaskOptimizer):
         num_iterations: expansion rounds after the first (6 in test-time adaptation).
         num_candidates: children per expanded node (3).
         beam_width: prompts kept per round (3).
+
+    ``compile(student, *, trainset, testset=None, task_name="task")`` (the base class's) returns
+    ``student`` with its best instructions, wrapped with the fixed system prompt; its
+    ``detailed_results["rounds"][r]`` lists the beam kept after round ``r`` (round 0 is the first
+    expansion) with train and, given ``testset``, test scores.
     """
 
     def __init__(
@@ -49,18 +52,6 @@ class ProTeGi(SingleTaskOptimizer):
         self.num_iterations = num_iterations
         self.num_candidates = num_candidates
         self.beam_width = beam_width
-
-    def compile(
-        self, student: dspy.Module, *, trainset: Any, testset: Any = None, task_name: str = "task", **kwargs: Any
-    ) -> WithSystemPrompt:
-        """Optimize ``student``'s instructions; returns it wrapped with the fixed system prompt.
-
-        The result's ``detailed_results["rounds"][r]`` lists the beam kept after round ``r`` (round 0
-        is the first expansion) with train and, given ``testset``, test scores.
-        """
-        if kwargs:
-            raise ConfigError(f"unexpected compile() arguments {sorted(kwargs)}")
-        return self._execute(self._search(student, trainset, testset, task_name, ""), task_name, testset)
 
     def _run(self, search: SingleTaskSearch, task_name: str, testset: Any) -> WithSystemPrompt:
         root = self._root(search, task_name)

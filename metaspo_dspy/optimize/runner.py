@@ -22,7 +22,7 @@ from typing import Any
 
 import dspy
 
-from metaspo_dspy.adapters import adapter_name
+from metaspo_dspy.adapters import ADAPTERS, adapter_in_effect, adapter_name
 from metaspo_dspy.evaluation import GridEvaluator
 from metaspo_dspy.faults import FaultLog
 from metaspo_dspy.ledger import Ledger
@@ -51,11 +51,15 @@ class SearchRun(SearchBase):
     ``num_threads``, ``num_processes``, ``progress``, ``seed``, ``max_prompt_chars``, ``instructions_in``,
     ``log_dir``, ``resume``, ``phase_callback``, ``max_failure_share``, ``allow_unparsed``, ``budget`` and
     ``method``;
-    ``settings`` is what shapes the results (compared on resume).
+    ``settings`` is what shapes the results (compared on resume). ``adapter_in_effect`` is the base
+    adapter the task calls use (``owner.adapter``, else the one configured when the run is made,
+    else None: ChatAdapter); it is recorded in the artifact and given to the result, not in
+    ``settings``, whose ``adapter`` (part of the journal keys) names ``owner.adapter`` alone.
     """
 
     def __init__(self, owner: Any, tasks: Mapping[str, TaskRun], settings: dict[str, Any], **search: Any):
         self.settings = settings
+        self.adapter_in_effect = adapter_in_effect(owner.adapter)
         self.run_dir = RunDir(owner.log_dir, self.settings, owner.resume) if owner.log_dir is not None else None
         self.ledger = self.run_dir.ledger if self.run_dir is not None else Ledger(None)
         evaluator = GridEvaluator(
@@ -140,7 +144,9 @@ class SearchRun(SearchBase):
             if artifact is None:
                 raise ValueError("reopen() needs a finished run in the run directory")
             programs = {name: task.program for name, task in self.tasks.items()}
-            program = MetaSPOProgram.from_file(self.run_dir.path / "program.json", programs=programs)
+            # An adapter class of the user's own is recorded by its class path: give it back.
+            own = self.adapter_in_effect if adapter_name(self.adapter_in_effect) not in (*ADAPTERS, "default") else None
+            program = MetaSPOProgram.from_file(self.run_dir.path / "program.json", programs=programs, adapter=own)
             program.detailed_results = artifact
             return program
         finally:
@@ -211,7 +217,8 @@ class SearchRun(SearchBase):
             self.run_dir.checkpoint(self.artifact(self.state, complete=False))
 
     def frame(self, complete: bool, body: dict[str, Any]) -> dict[str, Any]:
-        """An artifact: the shared head (format, complete, method, settings), the method's ``body``,
+        """An artifact: the shared head (format, complete, method, settings, and the name of the
+        adapter in effect: ``adapter_in_effect``, ``"default"`` for none), the method's ``body``,
         then the shared tail (proposals, nodes, phases, faults, stopped, budget, usage, calls).
 
         ``calls``, ``usage`` and ``phases`` count this process; ``cumulative`` sums every process of
@@ -222,6 +229,7 @@ class SearchRun(SearchBase):
             "complete": complete,
             "method": self.o.method,
             "settings": self.settings,
+            "adapter_in_effect": adapter_name(self.adapter_in_effect),
             **body,
             "proposals": [p.to_dict() for p in self.proposals],
             "nodes": [n.to_dict() for n in self.store.nodes.values()],

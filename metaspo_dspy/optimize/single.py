@@ -7,13 +7,13 @@ from typing import Any
 import dspy
 from dspy.teleprompt.teleprompt import Teleprompter
 
-from metaspo_dspy.adapters import adapter_name, make_adapter
+from metaspo_dspy.adapters import adapter_in_effect, adapter_name, make_adapter
 from metaspo_dspy.evaluation import GridEvaluator
 from metaspo_dspy.metrics import Metric
 from metaspo_dspy.optimize.common import ConfigError, SearchBase, TaskRun, check_examples
 from metaspo_dspy.optimize.proposer import Proposer
 from metaspo_dspy.optimize.state import PromptNode
-from metaspo_dspy.optimize.task_run import check_processes
+from metaspo_dspy.optimize.task_run import check_lms, check_processes
 from metaspo_dspy.optimize.wrapped import choose, unwrap_programs
 from metaspo_dspy.program import DEFAULT_SYSTEM_PROMPT, MetaSPOProgram, SystemPrompt, WithSystemPrompt, as_system_prompt
 
@@ -24,7 +24,9 @@ class SingleTaskOptimizer(Teleprompter):
     Args:
         metric: per-example metric or ``TaskMetric``.
         optimizer_lm: the LM that writes prompts.
-        task_lm: the LM being prompted (default: ``dspy.settings.lm``).
+        task_lm: the LM being prompted (default: ``dspy.settings.lm``). Both must be ``dspy.BaseLM``
+            objects: anything else (a model string) is a :class:`ConfigError` here, before any call,
+            as in ``MetaSPO``.
         system_prompt: the fixed system prompt (text or :class:`SystemPrompt`; None: the system
             prompt of a ``WithSystemPrompt`` passed to ``compile``, else "You are a helpful
             assistant.").
@@ -57,6 +59,7 @@ class SingleTaskOptimizer(Teleprompter):
             raise ConfigError("a metric is required")
         if optimizer_lm is None:
             raise ConfigError("optimizer_lm=dspy.LM(...) is required: the model that writes prompts")
+        check_lms(optimizer_lm=optimizer_lm, task_lm=task_lm)
         self.metric = metric
         self.optimizer_lm = optimizer_lm
         self.task_lm = task_lm
@@ -68,6 +71,27 @@ class SingleTaskOptimizer(Teleprompter):
         self.seed = seed
         self.progress = progress
         self.max_prompt_chars = max_prompt_chars
+
+    #: ``compile`` keywords a subclass takes beyond DSPy's (APE: ``prompt_suffix``).
+    compile_options: tuple[str, ...] = ()
+
+    def compile(
+        self, student: dspy.Module, *, trainset: Any, testset: Any = None, task_name: str = "task", **options: Any
+    ) -> WithSystemPrompt:
+        """Optimize ``student``'s instructions on ``trainset`` (DSPy's ``compile(student, *, trainset)``)
+        and return it wrapped with the fixed system prompt; ``testset`` (optional) is scored at the
+        end; ``options``: the subclass's :attr:`compile_options`, any other keyword is a
+        :class:`ConfigError`.
+
+        Defined here for every subclass because MLflow's DSPy autolog patches the ``compile`` of
+        ``Teleprompter``'s *direct* subclasses only: with ``mlflow.dspy.autolog(log_compiles=True)``
+        a ProTeGi or APE ``compile`` is logged as DSPy's optimizers are (its ``trainset`` included).
+        """
+        unexpected = sorted(set(options) - set(self.compile_options))
+        if unexpected:
+            raise ConfigError(f"unexpected compile() arguments {unexpected}")
+        search = self._search(student, trainset, testset, task_name, options.get("prompt_suffix", ""))
+        return self._execute(search, task_name, testset)
 
     def _search(
         self, program: dspy.Module, trainset: Any, testset: Any, task_name: str, suffix: str
@@ -124,9 +148,14 @@ class SingleTaskOptimizer(Teleprompter):
         )
 
     def _result(self, search: SingleTaskSearch, node: PromptNode, details: dict[str, Any]) -> WithSystemPrompt:
+        """``node``'s program wrapped with (a copy of) the fixed system prompt and the adapter the
+        search's calls used (``search.adapter``, else the configured one; called where ``compile``
+        runs); its ``detailed_results`` are ``details`` plus ``adapter_in_effect``, that adapter's
+        name (``"default"``: none, i.e. ChatAdapter)."""
         task = search.tasks[node.task]
-        program = WithSystemPrompt(task.prepared(node.user_prompt).deepcopy(), search.system_prompt, search.adapter)
-        program.detailed_results = details
+        adapter = adapter_in_effect(search.adapter)
+        program = WithSystemPrompt(task.prepared(node.user_prompt).deepcopy(), search.system_prompt, adapter)
+        program.detailed_results = {**details, "adapter_in_effect": adapter_name(adapter)}
         return program
 
 

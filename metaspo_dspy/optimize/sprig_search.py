@@ -304,7 +304,10 @@ class SprigRun(SearchRun):
         best = self.candidates[state.beam[0]]
         programs = {name: task.prepared(task.initial_user_prompt()).deepcopy() for name, task in self.tasks.items()}
         program = MetaSPOProgram(
-            SystemPrompt(best.text, self.o.instructions_in), programs, adapter=self.o.adapter, detailed_results=data
+            SystemPrompt(best.text, self.o.instructions_in),
+            programs,
+            adapter=self.adapter_in_effect,
+            detailed_results=data,
         )
         self.write_results(data, program)
         return program

@@ -11,6 +11,8 @@ from typing import Any
 import dspy
 
 from metaspo_dspy.input_check import bare_mismatch, mismatch_message
+from metaspo_dspy.lm.preflight import check_lm
+from metaspo_dspy.lm.settings import ModelConfigError
 from metaspo_dspy.metrics import Metric
 
 
@@ -23,6 +25,19 @@ def positive_int(name: str, value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ConfigError(f"{name} must be a positive integer, got {value!r}")
     return value
+
+
+def check_lms(**lms: Any) -> None:
+    """Refuse with a :class:`ConfigError` any LM argument (named by its keyword, e.g.
+    ``check_lms(optimizer_lm=..., task_lm=...)``) that is not a ``dspy.BaseLM``, such as a model
+    string (:func:`~metaspo_dspy.lm.preflight.check_lm`); ``None`` passes (the caller decides
+    whether a default applies). Makes no LM call: every optimizer and meta-test protocol runs it
+    before its first one."""
+    try:
+        for name, lm in lms.items():
+            check_lm(lm, name)
+    except ModelConfigError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def check_processes(num_processes: Any, task_lm: Any, programs: Sequence[dspy.Module] | None = None) -> int:
