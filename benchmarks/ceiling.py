@@ -27,7 +27,8 @@ CONCURRENCY = 32
 def _client(url: str, engine: str, threads: int, n: int, tag: str, start, out) -> None:
     """Warm up, wait for the common start, run n calls; report (wall seconds, CPU seconds)."""
     disable_dspy_cache()
-    from metaspo_dspy.evaluation import EvalJob, GridEvaluator
+    from metaspo_dspy.evaluation.grid import GridEvaluator
+    from metaspo_dspy.evaluation.records import EvalJob
 
     evaluator = GridEvaluator(task_lm=mock_lm(url, engine), num_threads=threads, progress=False)
     examples = _examples(tag, n + threads)

@@ -68,7 +68,7 @@ def machine() -> dict[str, Any]:
 
 def save(name: str, data: dict[str, Any], table: str) -> None:
     """Write results/<name>.json and replace the <name> section of README.md with ``table``."""
-    from metaspo_dspy.io import atomic_write_json, atomic_write_text
+    from metaspo_dspy.store.io import atomic_write_json, atomic_write_text
 
     data = {"benchmark": name, "machine": machine(), **data}
     atomic_write_json(RESULTS / f"{name}.json", data)

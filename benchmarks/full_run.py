@@ -31,7 +31,7 @@ MODES = [("default", "auto", 1), ("default, 2 processes", "auto", 2), ("litellm"
 
 def run_once(url: str, tasks, args, engine: str, processes: int, log_dir: Path) -> dict:
     from metaspo_dspy import MetaSPO, compile_kwargs
-    from metaspo_dspy.processes import worker_cpu_seconds
+    from metaspo_dspy.evaluation.processes import worker_cpu_seconds
 
     sizes = dict(num_iterations=1, num_system_candidates=3, num_user_candidates=2) if args.quick else {}
     task_lm, optimizer_lm = mock_lm(url, engine, 0.0), mock_lm(url, engine, 1.0)

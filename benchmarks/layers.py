@@ -42,7 +42,8 @@ def layer_of(filename: str, function: str) -> str:
 def measure(lm, engine: str, n: int) -> dict[str, float]:
     import dspy
 
-    from metaspo_dspy.evaluation import EvalJob, run_item
+    from metaspo_dspy.evaluation.records import EvalJob
+    from metaspo_dspy.evaluation.run_item import run_item
 
     program = dspy.Predict(dspy.Signature("question -> answer", "Pick the option letter."))
     examples = [

@@ -2,7 +2,7 @@
 
 Compares, for each engine (LiteLLM; DSPy's native client, the default for OpenAI-compatible servers)
 and concurrency (1, 8, 32, 64), plus the native engine over two client processes at 32 and 64:
-  * our grid evaluator (``metaspo_dspy.evaluation.GridEvaluator``, the path ``compile`` uses,
+  * our grid evaluator (``metaspo_dspy.evaluation.grid.GridEvaluator``, the path ``compile`` uses,
     system-prompt adapter and journaling included),
   * ``dspy.Evaluate`` with the same program and number of threads,
   * a sequential loop, one call after another, like the reference implementation.
@@ -39,7 +39,8 @@ def metric(example, prediction, trace=None) -> bool:
 
 
 def ours(lm, concurrency: int, n: int, tag: str, processes: int = 1) -> float:
-    from metaspo_dspy.evaluation import EvalJob, GridEvaluator
+    from metaspo_dspy.evaluation.grid import GridEvaluator
+    from metaspo_dspy.evaluation.records import EvalJob
 
     evaluator = GridEvaluator(task_lm=lm, num_threads=concurrency, progress=False, num_processes=processes)
     examples = _examples(tag, n + 2 * concurrency)

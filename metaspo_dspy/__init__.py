@@ -2,35 +2,43 @@
 
 import os as _os
 
-# LiteLLM otherwise spends seconds trying to download its price list on first use.
+# LiteLLM otherwise spends seconds trying to download its price list when it is first imported. The
+# one place this is set: the package root runs before any of its modules, so before any litellm
+# import in the CLI, the worker processes and the forkserver preload (tests/test_house.py).
 _os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
-from metaspo_dspy.adapters import ReferenceAdapter, with_system_prompt
-from metaspo_dspy.finetune import finetune_adapter
+from metaspo_dspy.errors import ConfigError, MetaSPOError, MetricError, NothingParsed, TooManyFailures
 from metaspo_dspy.meta_test import generate_user_prompts, test_time_adaptation, unseen_generalization
-from metaspo_dspy.metrics import MetricError, TaskMetric
-from metaspo_dspy.optimize.ape import APE
-from metaspo_dspy.optimize.common import ConfigError
-from metaspo_dspy.optimize.metaspo import MetaSPO, reference_bilevel_nodes
-from metaspo_dspy.optimize.protegi import ProTeGi
-from metaspo_dspy.optimize.sprig import SPRIG
-from metaspo_dspy.program import MetaSPOProgram, SystemPrompt, WithSystemPrompt
-from metaspo_dspy.scope import no_system_prompt, system_prompt_scope
+from metaspo_dspy.optimize.baselines.ape import APE
+from metaspo_dspy.optimize.baselines.protegi import ProTeGi
+from metaspo_dspy.optimize.engine.artifact import reference_bilevel_nodes
+from metaspo_dspy.optimize.metaspo.teleprompter import MetaSPO
+from metaspo_dspy.optimize.sprig.teleprompter import SPRIG
+from metaspo_dspy.program.adapters import ReferenceAdapter, with_system_prompt
+from metaspo_dspy.program.finetune import finetune_adapter
+from metaspo_dspy.program.metrics import TaskMetric
+from metaspo_dspy.program.scope import no_system_prompt, system_prompt_scope
+from metaspo_dspy.program.system_prompt import MetaSPOProgram, SystemPrompt, WithSystemPrompt
 from metaspo_dspy.tasks import Task, compile_kwargs, load_task, load_tasks, load_unseen_user_prompts, make_task
+from metaspo_dspy.version import __version__
 
 __all__ = [
     "APE",
     "SPRIG",
     "ConfigError",
     "MetaSPO",
+    "MetaSPOError",
     "MetaSPOProgram",
     "MetricError",
+    "NothingParsed",
     "ProTeGi",
     "ReferenceAdapter",
     "SystemPrompt",
     "Task",
     "TaskMetric",
+    "TooManyFailures",
     "WithSystemPrompt",
+    "__version__",
     "compile_kwargs",
     "finetune_adapter",
     "generate_user_prompts",
@@ -45,4 +53,3 @@ __all__ = [
     "unseen_generalization",
     "with_system_prompt",
 ]
-__version__ = "0.1.0"

@@ -21,6 +21,15 @@ from typing import Any
 Usage = dict[str, dict[str, int]]
 
 
+def merge_usage(total: Usage, more: Usage) -> None:
+    """Add ``more`` into ``total`` (both ``{model: {prompt_tokens, completion_tokens, calls}}``, as
+    :func:`~metaspo_dspy.evaluation.records.token_counts` returns them)."""
+    for model, counts in more.items():
+        into = total.setdefault(model, {"prompt_tokens": 0, "completion_tokens": 0, "calls": 0})
+        for key, value in counts.items():
+            into[key] = into.get(key, 0) + value
+
+
 def cost_of(usage: Usage) -> float | None:
     """Dollar cost of ``usage`` at LiteLLM's prices; None if any model with tokens is unpriced."""
     import litellm

@@ -9,7 +9,7 @@
   user prompt with the system prompt fixed and reports, per round, the train and test scores of
   the prompts kept.
 
-Tasks are :class:`~metaspo_dspy.tasks.base.Task` objects (or anything with ``name``,
+Tasks are :class:`~metaspo_dspy.tasks.task.Task` objects (or anything with ``name``,
 ``program()``, ``train``, ``test``, ``metric`` and optionally ``prompt_suffix``).
 """
 
@@ -25,17 +25,17 @@ from typing import Any
 import dspy
 from dspy.teleprompt.teleprompt import Teleprompter
 
-from metaspo_dspy.adapters import make_adapter
-from metaspo_dspy.evaluation import EvalJob, GridEvaluator
-from metaspo_dspy.io import atomic_write_json
-from metaspo_dspy.optimize.common import ConfigError, TaskRun, check_examples
-from metaspo_dspy.optimize.proposer import Proposal, Proposer, io_pairs
-from metaspo_dspy.optimize.protegi import ProTeGi
-from metaspo_dspy.optimize.search import TooManyFailures
-from metaspo_dspy.optimize.task_run import check_lms, check_processes
-from metaspo_dspy.processes import ProcessError
-from metaspo_dspy.program import SystemPrompt, WithSystemPrompt, as_system_prompt, unwrap
+from metaspo_dspy.errors import ConfigError, ProcessError, TooManyFailures
+from metaspo_dspy.evaluation.grid import GridEvaluator
+from metaspo_dspy.evaluation.records import EvalJob
+from metaspo_dspy.evaluation.task_run import TaskRun, check_examples, check_lms, check_processes
+from metaspo_dspy.optimize.baselines.protegi import ProTeGi
+from metaspo_dspy.optimize.proposer.proposals import Proposal, Proposer
+from metaspo_dspy.optimize.proposer.shown import io_pairs
+from metaspo_dspy.program.adapters import make_adapter
+from metaspo_dspy.program.system_prompt import SystemPrompt, WithSystemPrompt, as_system_prompt, unwrap
 from metaspo_dspy.seeding import rng_for
+from metaspo_dspy.store.io import atomic_write_json
 
 
 def generate_user_prompts(
@@ -43,7 +43,7 @@ def generate_user_prompts(
 ) -> list[str]:
     """``num`` APE user prompts for ``task`` (one optimizer call each); an unusable proposal (failed,
     discarded -- an echo, say --, or a repeat) is retried with new samples, up to ``max(3 * num, num +
-    5)`` calls, then :class:`~metaspo_dspy.optimize.search.TooManyFailures` says how many were made and
+    5)`` calls, then :class:`~metaspo_dspy.errors.TooManyFailures` says how many were made and
     why the others were discarded. An ``optimizer_lm`` that is not a ``dspy.BaseLM`` is a
     :class:`ConfigError` before any call."""
     check_lms(optimizer_lm=optimizer_lm)
@@ -130,7 +130,7 @@ def unseen_generalization(
     Returns ``{"system_prompt", "average", "tasks": {name: {"mean", "stdev", "scores",
     "user_prompts", "failures", "parsed"}}, "task_lm_calls"}``; ``average`` is the mean of the task
     means; ``parsed`` is ``{"parsed": n, "answers": m}``, the answers the task's metric could read
-    out of those where parsing applies (:func:`~metaspo_dspy.metrics.answer_parsed`).
+    out of those where parsing applies (:func:`~metaspo_dspy.program.metrics.answer_parsed`).
     All tasks x prompts x test examples run as one evaluation grid. A ``task_lm`` or
     ``optimizer_lm`` that is not a ``dspy.BaseLM`` (a model string) is a :class:`ConfigError` before
     any call.

@@ -34,12 +34,12 @@ run is started (and ended when done).
 MetaSPO, SPRIG, ProTeGi and APE as it wraps DSPy's optimizers: it opens a run, logs the LM settings
 and the result as ``best_model.json``. It logs a dataset only from an argument named ``trainset``
 (or ``valset``): ProTeGi's and APE's ``trainset`` as ``trainset.json``. ``MetaSPO.compile`` takes
-one set per task (``trainsets={task: [...]}``), so it calls :func:`log_task_sets` itself: each
-task's train set as the table ``trainsets/<task>.json`` and its test set as
-``testsets/<task>.json``, in the layout of MLflow's ``trainset.json`` (one column per example
-field). Without ``log_compiles=True`` no set is logged. (MLflow patches the ``compile`` of the
-direct ``Teleprompter`` subclasses that exist when ``autolog()`` runs: import ``metaspo_dspy``
-first.)
+one set per task (``trainsets={task: [...]}``), so it calls :func:`log_task_sets` itself (from
+:mod:`metaspo_dspy.optimize.autolog`, which the optimizers import): each task's train set as the
+table ``trainsets/<task>.json`` and its test set as ``testsets/<task>.json``, in the layout of
+MLflow's ``trainset.json`` (one column per example field). Without ``log_compiles=True`` no set is
+logged. (MLflow patches the ``compile`` of the direct ``Teleprompter`` subclasses that exist when
+``autolog()`` runs: import ``metaspo_dspy`` first.)
 
 MLflow is optional: importing this module never imports it, and nothing else in the package needs
 it. Calling :func:`log_run` or using :class:`MLflowLogger` without it raises
@@ -50,22 +50,19 @@ it. Calling :func:`log_run` or using :class:`MLflowLogger` without it raises
 from __future__ import annotations
 
 import json
-import logging
-import sys
 import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+
+from metaspo_dspy.optimize.autolog import autolog_compiles, log_task_sets
 
 __all__ = ["MLflowLogger", "TrackingUnavailable", "autolog_compiles", "log_run", "log_task_sets", "mlflow_available"]
 
 INSTALL_HINT = "pip install mlflow  (or the smaller mlflow-skinny; extra: pip install 'metaspo-dspy[mlflow]')"
 MAX_PARAM_CHARS = 500
 _PHASE_KEYS = ("task_lm_calls", "optimizer_calls", "seconds", "proposals", "discarded", "failures")
-#: the integration name of MLflow's DSPy autolog (``mlflow.dspy.autolog``)
-DSPY_FLAVOR = "dspy"
-logger = logging.getLogger(__name__)
 
 
 class TrackingUnavailable(ImportError):
@@ -106,52 +103,6 @@ def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
 def _metric_key(text: str) -> str:
     """MLflow keys allow letters, digits, ``_ - . / `` and spaces."""
     return "".join(c if c.isalnum() or c in "_-./ " else "_" for c in text)
-
-
-def _file_key(text: str) -> str:
-    """A task name as one artifact file name (no folders): letters, digits, ``_ - .``."""
-    return "".join(c if c.isalnum() or c in "_-." else "_" for c in text)
-
-
-def autolog_compiles() -> bool:
-    """Whether MLflow's DSPy autolog logs the ``compile`` now running: ``mlflow.dspy.autolog(
-    log_compiles=True)`` is on and an MLflow run is active (autolog opens one around ``compile``
-    when none is). Never imports MLflow: False unless the program already has."""
-    if sys.modules.get("mlflow") is None:
-        return False
-    from mlflow.utils.autologging_utils import autologging_is_disabled, get_autologging_config
-
-    if autologging_is_disabled(DSPY_FLAVOR) or not get_autologging_config(DSPY_FLAVOR, "log_compiles", False):
-        return False
-    return sys.modules["mlflow"].active_run() is not None
-
-
-def log_task_sets(
-    trainsets: Mapping[str, Sequence[Any]], testsets: Mapping[str, Sequence[Any]] | None = None
-) -> list[str]:
-    """Log a multi-task ``compile``'s sets into the run of MLflow's DSPy autolog, as that autolog
-    logs a DSPy optimizer's ``trainset``: each task's examples (``dspy.Example``) as a table with one
-    column per field (a field an example lacks is empty), ``trainsets/<task>.json`` and
-    ``testsets/<task>.json``. Returns the artifact paths logged.
-
-    Does nothing, and returns ``[]``, unless :func:`autolog_compiles`. A set that cannot be logged
-    is a warning, never an error: tracking never stops a run (MLflow's autolog does the same)."""
-    if not autolog_compiles():
-        return []
-    mlflow = sys.modules["mlflow"]
-    logged = []
-    for folder, sets in (("trainsets", trainsets), ("testsets", testsets or {})):
-        for task, examples in sets.items():
-            path = f"{folder}/{_file_key(task)}.json"
-            rows = [dict(example.items()) for example in examples]
-            fields = list(dict.fromkeys(key for row in rows for key in row))
-            try:
-                mlflow.log_table({key: [row.get(key) for row in rows] for key in fields}, path)
-            except Exception as exc:
-                logger.warning("MLflow autolog: could not log %s: %s", path, exc)
-                continue
-            logged.append(path)
-    return logged
 
 
 class _RunLogger:

@@ -20,7 +20,7 @@ os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 import dspy
 import pytest
 
-from metaspo_dspy.tasks.local import BUNDLED_DIR
+from metaspo_dspy.tasks.sources.local import BUNDLED_DIR
 from metaspo_dspy.testing import FakeEngine, fake_lm
 
 dspy_settings = importlib.import_module("dspy.dsp.utils.settings")
@@ -34,7 +34,7 @@ REFERENCE_SAMPLE = REPO / "tests" / "data" / "bilevel_nodes_sample.json"
 MEDICAL_SOURCE = ("ob_gyn", "medicine", "pharmacology", "pathology")
 #: skip a test that runs the embedded model when its extra is not installed
 needs_embedded = pytest.mark.skipif(
-    not importlib.import_module("metaspo_dspy.lm.embedded").is_available(),
+    not importlib.import_module("metaspo_dspy.lm.embedded.provider").is_available(),
     reason="the [embedded] extra is not installed (scripts/bootstrap does it)",
 )
 

@@ -14,8 +14,8 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
-from metaspo_dspy.tasks.fetch import fetch_data
-from metaspo_dspy.tasks.remote import REMOTE_ITEMS, RemoteFile
+from metaspo_dspy.tasks.sources.fetch import fetch_data
+from metaspo_dspy.tasks.sources.remote import REMOTE_ITEMS, RemoteFile
 from metaspo_dspy.tasks.specs import SPECS
 
 AMAZON_TRAIN, AMAZON_TEST = 60, 60

@@ -8,8 +8,8 @@ import dspy
 import pytest
 
 from metaspo_dspy import ReferenceAdapter, SystemPrompt, WithSystemPrompt, with_system_prompt
-from metaspo_dspy.adapters import system_prompt_of
-from metaspo_dspy.scope import no_system_prompt
+from metaspo_dspy.program.adapters import system_prompt_of
+from metaspo_dspy.program.scope import no_system_prompt
 
 SP = "You are terse."
 SIG = dspy.Signature("question -> answer", "Predict the rating.")
@@ -198,8 +198,8 @@ def test_an_empty_answer_is_asked_once_more_then_raises(engine_factory, mode):
     fallback request), then EmptyResponse -- never a prediction with empty fields."""
     import asyncio
 
-    from metaspo_dspy.faults import FaultLog
-    from metaspo_dspy.responses import EmptyResponse
+    from metaspo_dspy.program.responses import EmptyResponse
+    from metaspo_dspy.store.faults import FaultLog
 
     engine, task_lm, _ = engine_factory(f"empty-{mode}", override=lambda r: "  " if r.kind == "task" else None)
     program = WithSystemPrompt(dspy.Predict(SIG), SP)

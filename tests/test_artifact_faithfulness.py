@@ -8,8 +8,8 @@ import json
 import pytest
 
 from metaspo_dspy import MetaSPO, compile_kwargs, load_task
-from metaspo_dspy.optimize.artifact import reference_bilevel_nodes
-from metaspo_dspy.optimize.shown import parser_of
+from metaspo_dspy.optimize.engine.artifact import reference_bilevel_nodes
+from metaspo_dspy.optimize.proposer.shown import parser_of
 
 INITIAL = "You are a helpful assistant."
 TASKS = ("gen_counting", "gen_boolean")

@@ -9,7 +9,7 @@ from conftest import exact_metric, load_examples
 
 from metaspo_dspy import ConfigError, MetaSPO
 from metaspo_dspy.budget import priced_cost
-from metaspo_dspy.estimate import estimate_calls
+from metaspo_dspy.optimize.estimate import estimate_calls
 from metaspo_dspy.testing import FakeEngine, fake_lm
 
 SIG = dspy.Signature(

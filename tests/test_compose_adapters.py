@@ -14,7 +14,8 @@ from litellm import CustomLLM
 from litellm.types.utils import GenericStreamingChunk
 
 from metaspo_dspy import SystemPrompt, WithSystemPrompt, with_system_prompt
-from metaspo_dspy.evaluation import EvalJob, GridEvaluator
+from metaspo_dspy.evaluation.grid import GridEvaluator
+from metaspo_dspy.evaluation.records import EvalJob
 from metaspo_dspy.testing import FakeEngine
 from metaspo_dspy.testing.fake_lm import _model_response
 

@@ -11,7 +11,8 @@ import pytest
 from composing import SIG, accuracy, examples, gold, small_metaspo
 
 from metaspo_dspy import APE, ConfigError, MetaSPOProgram, MetricError, ProTeGi, SystemPrompt, WithSystemPrompt
-from metaspo_dspy.evaluation import EvalJob, GridEvaluator
+from metaspo_dspy.evaluation.grid import GridEvaluator
+from metaspo_dspy.evaluation.records import EvalJob
 
 TRAIN = {"alpha": examples("alpha"), "beta": examples("beta")}
 GOLD = gold(*TRAIN.values())

@@ -10,8 +10,9 @@ import dspy
 from composing import SIG, accuracy, examples, gold, small_metaspo
 
 from metaspo_dspy import ProTeGi
-from metaspo_dspy.evaluation import EvalJob, GridEvaluator
-from metaspo_dspy.optimize.shown import wrong_example
+from metaspo_dspy.evaluation.grid import GridEvaluator
+from metaspo_dspy.evaluation.records import EvalJob
+from metaspo_dspy.optimize.proposer.shown import wrong_example
 
 QUESTIONS = ("first?", "second?", "third?")
 ANSWERS = {"first?": "1", "second?": "2", "third?": "3"}

@@ -1,6 +1,6 @@
 """DSPy's module wrappers and BootstrapFinetune on a system-prompt program (issue 21, items 1-2):
 ``dspy.Refine``'s hinted retry and every ``dspy.BestOfN`` attempt carry the system prompt, and
-``BootstrapFinetune`` with :func:`~metaspo_dspy.finetune.finetune_adapter` trains on the messages
+``BootstrapFinetune`` with :func:`~metaspo_dspy.program.finetune.finetune_adapter` trains on the messages
 the program sends at inference. Real DSPy classes, the deterministic fake model."""
 
 from __future__ import annotations

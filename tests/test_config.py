@@ -126,25 +126,6 @@ def test_missing_tasks_and_missing_file(tmp_path):
         load_config(tmp_path / "nope.yaml")
 
 
-def test_lm_kwargs_read_the_key_from_the_environment(monkeypatch):
-    lm = LMConfig(
-        model="openai/x", temperature=0.5, max_tokens=64, api_base="http://localhost:8000/v1", api_key_env="MY_KEY"
-    )
-    monkeypatch.setenv("MY_KEY", "secret")
-    assert lm.lm_kwargs() == {
-        "model": "openai/x",
-        "temperature": 0.5,
-        "max_tokens": 64,
-        "api_base": "http://localhost:8000/v1",
-        "api_key": "secret",
-    }
-    monkeypatch.delenv("MY_KEY")
-    with pytest.raises(ConfigError, match="MY_KEY"):
-        lm.lm_kwargs()
-    with pytest.raises(ConfigError, match="no model"):
-        LMConfig().lm_kwargs()
-
-
 def test_to_dict_round_trips_through_yaml(tmp_path):
     import yaml
 

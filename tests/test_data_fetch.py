@@ -21,10 +21,10 @@ from originals import AMAZON_TEST, AMAZON_TRAIN, amazon, serving, write_mirror
 from metaspo_dspy.cli import main
 from metaspo_dspy.tasks import BENCHMARK_TASKS, DOMAIN_TASKS, SOURCE_TASKS, TaskLoadError, get_spec, load_task
 from metaspo_dspy.tasks import load_unseen_user_prompts as unseen_prompts
-from metaspo_dspy.tasks.catalog import DATA_INFO, availability, caveats
-from metaspo_dspy.tasks.fetch import DataFetchError, fetch_data, resolve_targets
-from metaspo_dspy.tasks.local import BUNDLED_DIR
-from metaspo_dspy.tasks.remote import REMOTE_ITEMS, SHA256, base_url
+from metaspo_dspy.tasks.provenance import DATA_INFO, availability, caveats
+from metaspo_dspy.tasks.sources.fetch import DataFetchError, fetch_data, resolve_targets
+from metaspo_dspy.tasks.sources.local import BUNDLED_DIR
+from metaspo_dspy.tasks.sources.remote import REMOTE_ITEMS, SHA256, base_url
 
 BUNDLED = [t for t in BENCHMARK_TASKS if DATA_INFO[t].delivery == "bundled"]
 FETCHED = [t for t in BENCHMARK_TASKS if DATA_INFO[t].delivery == "fetch"]

@@ -10,7 +10,8 @@ import pytest
 from conftest import REFERENCE_SAMPLE, exact_metric, load_examples
 
 from metaspo_dspy import MetaSPO, MetaSPOProgram, SystemPrompt
-from metaspo_dspy.evaluation import EvalJob, GridEvaluator
+from metaspo_dspy.evaluation.grid import GridEvaluator
+from metaspo_dspy.evaluation.records import EvalJob
 
 HATE = dspy.Signature("question -> answer", "Is the following text hate speech? Answer yes or no.")
 ENTAIL = dspy.Signature("question -> answer", "Determine whether one sentence entails the next.")

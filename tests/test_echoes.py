@@ -11,15 +11,15 @@ import pytest
 from conftest import exact_metric, load_examples
 
 from metaspo_dspy import MetaSPO, compile_kwargs, load_task
-from metaspo_dspy.journal import Journal
+from metaspo_dspy.errors import TooManyFailures
 from metaspo_dspy.meta_test import generate_user_prompts
-from metaspo_dspy.optimize import signatures as sigs
-from metaspo_dspy.optimize.echoes import echo_of, vocabulary
-from metaspo_dspy.optimize.proposer import Proposal, Proposer
-from metaspo_dspy.optimize.search import TooManyFailures
-from metaspo_dspy.optimize.sprig import SPRIG
-from metaspo_dspy.optimize.sprig_library import load_components
-from metaspo_dspy.program import DEFAULT_SYSTEM_PROMPT
+from metaspo_dspy.optimize.proposer import signatures as sigs
+from metaspo_dspy.optimize.proposer.echoes import echo_of, vocabulary
+from metaspo_dspy.optimize.proposer.proposals import Proposal, Proposer
+from metaspo_dspy.optimize.sprig.library import load_components
+from metaspo_dspy.optimize.sprig.teleprompter import SPRIG
+from metaspo_dspy.program.system_prompt import DEFAULT_SYSTEM_PROMPT
+from metaspo_dspy.store.journal import Journal
 from metaspo_dspy.tasks.specs import SPECS
 from metaspo_dspy.testing.fake_lm import unit
 

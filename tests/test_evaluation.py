@@ -6,8 +6,10 @@ import dspy
 import pytest
 from conftest import exact_metric
 
-from metaspo_dspy.evaluation import EvalJob, GridEvaluator
-from metaspo_dspy.metrics import MetricError, TaskMetric
+from metaspo_dspy.errors import MetricError
+from metaspo_dspy.evaluation.grid import GridEvaluator
+from metaspo_dspy.evaluation.records import EvalJob
+from metaspo_dspy.program.metrics import TaskMetric
 
 SIG = dspy.Signature("question -> answer", "Answer with the number.")
 

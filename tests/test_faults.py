@@ -11,8 +11,8 @@ import pytest
 from conftest import exact_metric, load_examples, mock_server
 
 from metaspo_dspy import MetaSPO
+from metaspo_dspy.errors import TooManyFailures
 from metaspo_dspy.lm import LMSettings, build_lm
-from metaspo_dspy.optimize.common import TooManyFailures
 
 SIG = dspy.Signature(
     "question -> answer", "Given the following question and candidate answers, choose the best answer."
@@ -115,7 +115,7 @@ def test_after_a_stop_the_run_resumes_and_counts_every_processs_faults(data_dir,
 def test_a_fault_log_counts_the_faults_already_in_its_file(tmp_path):
     """Opened again (a resumed run), a fault log starts from the faults on file; a line torn by a
     killed writer is skipped and the next record starts a line of its own."""
-    from metaspo_dspy.faults import FaultLog
+    from metaspo_dspy.store.faults import FaultLog
 
     path = tmp_path / "faults.jsonl"
     with FaultLog(path) as first:

@@ -1,4 +1,4 @@
-"""Greedy decoding under a grammar (``metaspo_dspy.lm.greedy_grammar``) picks exactly the tokens
+"""Greedy decoding under a grammar (``metaspo_dspy.lm.embedded.greedy_grammar``) picks exactly the tokens
 llama-cpp-python's own sampler chain (penalties -> grammar -> greedy) picks.
 
 Two levels: the sampler against a real llama.cpp chain on crafted logits full of ties (every branch:
@@ -37,7 +37,7 @@ def json_schema(schema: dict) -> dict:
 def vocab_llama():
     import llama_cpp
 
-    from metaspo_dspy.lm.embedded_model import check_available
+    from metaspo_dspy.lm.embedded.model import check_available
 
     llama = llama_cpp.Llama(model_path=str(check_available()), vocab_only=True, verbose=False)
     yield llama
@@ -99,8 +99,8 @@ def tied_logits(rng: np.random.Generator, n_vocab: int, favoured: np.ndarray, st
 def test_sampler_picks_what_the_stock_chain_picks(vocab_llama, schema, penalties):
     import llama_cpp
 
-    from metaspo_dspy.lm.greedy_grammar import GreedyGrammarSampler
-    from metaspo_dspy.lm.json_grammar import grammar_for
+    from metaspo_dspy.lm.embedded.greedy_grammar import GreedyGrammarSampler
+    from metaspo_dspy.lm.embedded.json_grammar import grammar_for
 
     grammar = grammar_for(vocab_llama, schema, max_tokens=64)
     repeat, freq, present = penalties
@@ -161,7 +161,7 @@ def run_cases(engine, **params) -> list:
     ids=["greedy", "n2-penalties", "stop", "sampled"],
 )
 def test_engine_answers_equal_with_and_without_the_fast_path(params, tmp_path, monkeypatch):
-    from metaspo_dspy.lm.llama_engine import EmbeddedEngine
+    from metaspo_dspy.lm.embedded.engine import EmbeddedEngine
 
     stock = EmbeddedEngine(greedy_grammar=False)
     try:
@@ -184,7 +184,7 @@ def test_engine_answers_equal_with_and_without_the_fast_path(params, tmp_path, m
 
 
 def test_switched_off_by_the_environment(monkeypatch):
-    from metaspo_dspy.lm.llama_engine import EmbeddedEngine
+    from metaspo_dspy.lm.embedded.engine import EmbeddedEngine
 
     monkeypatch.setenv("METASPO_EMBEDDED_GREEDY_GRAMMAR", "0")
     assert not EmbeddedEngine().greedy_grammar

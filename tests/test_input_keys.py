@@ -17,8 +17,8 @@ from conftest import mock_server
 from test_processes import _lm, _served
 
 from metaspo_dspy import APE, SPRIG, ConfigError, ProTeGi
-from metaspo_dspy.evaluation import _Raw
-from metaspo_dspy.runs import evaluation_problem
+from metaspo_dspy.evaluation.records import ItemRun as _Raw
+from metaspo_dspy.store.run_dir import evaluation_problem
 
 
 @pytest.fixture(autouse=True)

@@ -15,17 +15,12 @@ import litellm
 import pytest
 from conftest import needs_embedded
 
-from metaspo_dspy.lm import (
-    EMBEDDED_MODEL,
-    LMSettings,
-    build_lm,
-    embedded_model,
-    json_grammar,
-    llama_engine,
-    recommended_adapter,
-)
-from metaspo_dspy.lm import embedded as emb
-from metaspo_dspy.optimize.signatures import DiagnoseUserPrompt
+from metaspo_dspy.lm import EMBEDDED_MODEL, LMSettings, build_lm, recommended_adapter
+from metaspo_dspy.lm.embedded import engine as llama_engine
+from metaspo_dspy.lm.embedded import json_grammar
+from metaspo_dspy.lm.embedded import model as embedded_model
+from metaspo_dspy.lm.embedded import provider as emb
+from metaspo_dspy.optimize.proposer.signatures import DiagnoseUserPrompt
 
 needs_model = needs_embedded
 

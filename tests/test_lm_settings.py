@@ -19,7 +19,7 @@ from metaspo_dspy.lm import (
     is_embedded,
     resolve_provider,
 )
-from metaspo_dspy.lm import embedded_model as embedded_module  # where the extra is located
+from metaspo_dspy.lm.embedded import model as embedded_module  # where the extra is located
 from metaspo_dspy.lm.native import NativeEngine, native_settings
 
 SECRET = "sk-test-DO-NOT-LEAK-1234567890"

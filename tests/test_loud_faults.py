@@ -18,9 +18,10 @@ import dspy
 import pytest
 from conftest import mock_server
 
-from metaspo_dspy.adapters import with_system_prompt
-from metaspo_dspy.evaluation import EvalJob, GridEvaluator
-from metaspo_dspy.faults import FaultLog
+from metaspo_dspy.evaluation.grid import GridEvaluator
+from metaspo_dspy.evaluation.records import EvalJob
+from metaspo_dspy.program.adapters import with_system_prompt
+from metaspo_dspy.store.faults import FaultLog
 
 SIG = dspy.Signature("question -> answer", "Answer with the number.")
 
@@ -193,7 +194,7 @@ def test_a_phase_whose_optimizer_calls_fail_stops_the_search(engine_factory, pro
     """All of a phase's proposals failing, or more than max_failure_share (0.5) of at least 4, stop
     ProTeGi with TooManyFailures naming the optimizer model and the errors; fewer do not."""
     from metaspo_dspy import ProTeGi
-    from metaspo_dspy.optimize.common import TooManyFailures
+    from metaspo_dspy.errors import TooManyFailures
 
     _, task_lm, opt_lm, examples = _failing_optimizer(engine_factory, f"fail{proposals}{failing}", failing)
     optimizer = ProTeGi(
@@ -232,7 +233,7 @@ def test_metaspo_stops_resumably_when_the_optimizer_fails(engine_factory, tmp_pa
     TooManyFailures after the initial grid instead of returning the initial prompts as a result;
     once the optimizer works, the run resumes, asks the failed proposals again and completes."""
     from metaspo_dspy import MetaSPO
-    from metaspo_dspy.optimize.common import TooManyFailures
+    from metaspo_dspy.errors import TooManyFailures
 
     examples = _examples(4)
     gold = {e.question: e.answer for e in examples}
@@ -266,8 +267,8 @@ def test_an_answered_analysis_is_journaled_and_not_asked_again(engine_factory, t
     """The process dies while the rewrite call is in flight. A fresh Proposer on the same journal
     (DSPy's cache is off in tests) asks only for the rewrite: the analysis was journaled as soon as
     it was answered, and the finished proposal equals one made without the kill."""
-    from metaspo_dspy.journal import Journal
-    from metaspo_dspy.optimize.proposer import Proposal, Proposer
+    from metaspo_dspy.optimize.proposer.proposals import Proposal, Proposer
+    from metaspo_dspy.store.journal import Journal
 
     alive = {"rewrite": False}
 

@@ -266,7 +266,7 @@ def test_verbose_logs_go_to_stderr_and_stdout_is_exactly_the_prompt(tmp_path):
 
 
 def test_journal_records_of_the_wrong_shape_are_skipped_with_a_warning(tmp_path, caplog):
-    from metaspo_dspy.journal import Journal
+    from metaspo_dspy.store.journal import Journal
 
     path = tmp_path / "j.jsonl"
     lines = [
@@ -315,7 +315,8 @@ def test_wrong_shape_entries_of_a_real_run_are_asked_again_on_resume(data_dir, e
 
 
 def test_run_json_records_its_format_and_other_formats_are_refused(tmp_path):
-    from metaspo_dspy.runs import RUN_FORMAT, RunDir, RunDirError
+    from metaspo_dspy.errors import RunDirError
+    from metaspo_dspy.store.run_dir import RUN_FORMAT, RunDir
 
     run = RunDir(tmp_path / "run", {"a": 1})
     run.close()
@@ -346,8 +347,8 @@ def test_system_prompt_files_must_be_utf8_a_bom_is_accepted(tmp_path):
 def test_an_oserror_from_a_write_names_its_file(tmp_path, monkeypatch):
     import errno
 
-    from metaspo_dspy.io import atomic_write_text
-    from metaspo_dspy.journal import Journal
+    from metaspo_dspy.store.io import atomic_write_text
+    from metaspo_dspy.store.journal import Journal
 
     def full(fd):
         raise OSError(errno.ENOSPC, "No space left on device")
@@ -365,7 +366,7 @@ def test_an_oserror_from_a_write_names_its_file(tmp_path, monkeypatch):
 
 
 def test_the_run_journal_shapes_accept_what_the_run_writes_and_name_what_is_wrong():
-    from metaspo_dspy.runs import evaluation_problem, proposal_problem
+    from metaspo_dspy.store.run_dir import evaluation_problem, proposal_problem
 
     call = {"predictor": "self", "user": "Q", "completion": "[[ ## answer ## ]]\n3"}
     assert evaluation_problem({"prediction": {"answer": "3"}, "error": None, "usage": {}, "calls": [call]}) is None
@@ -388,13 +389,13 @@ def test_the_cli_logging_is_redacted_and_on_stderr(tmp_path, verbose):
         f"setup_logging({verbose})\n"
         "import litellm\n"
         "secret = os.environ['METASPO_TEST_SECRET_TOKEN']\n"
-        "for name in ('dspy.clients.lm', 'LiteLLM', 'metaspo_dspy.evaluation'):\n"
+        "for name in ('dspy.clients.lm', 'LiteLLM', 'metaspo_dspy.evaluation.grid'):\n"
         "    logging.getLogger(name).error('%s says Authorization: Bearer abcdefghij ' + secret, name)\n"
         "logging.getLogger('LiteLLM').info('an info line')\n"
     )
     result = subprocess.run([sys.executable, "-c", probe], env=_env(tmp_path), capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert result.stdout == "" and SECRET not in result.stderr and "abcdefghij" not in result.stderr
-    for name in ("dspy.clients.lm", "LiteLLM", "metaspo_dspy.evaluation"):
+    for name in ("dspy.clients.lm", "LiteLLM", "metaspo_dspy.evaluation.grid"):
         assert f"{name} says Authorization: Bearer [REDACTED] [REDACTED]" in result.stderr
     assert ("an info line" in result.stderr) is verbose

@@ -22,12 +22,12 @@ from conftest import mock_server
 from metaspo_dspy import MetaSPO, compile_kwargs, load_task
 from metaspo_dspy.cli import build_parser
 from metaspo_dspy.cli.compare import default_format
-from metaspo_dspy.metrics import answer_parsed
-from metaspo_dspy.optimize.search import NothingParsed
+from metaspo_dspy.errors import NothingParsed
+from metaspo_dspy.program.metrics import answer_parsed
 from metaspo_dspy.report import compare_table
 from metaspo_dspy.report.tables import task_table
 from metaspo_dspy.tasks import SPECS
-from metaspo_dspy.tasks.scoring import build_metric
+from metaspo_dspy.tasks.answers.scoring import build_metric
 
 TASKS = ("gen_counting", "gen_boolean")
 SMALL = dict(num_iterations=1, num_system_candidates=2, num_user_candidates=1, user_top_k=1, progress=False)

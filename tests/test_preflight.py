@@ -14,9 +14,10 @@ from conftest import mock_server
 from test_cli import metaspo
 
 from metaspo_dspy import MetaSPO
+from metaspo_dspy.errors import ConfigError
 from metaspo_dspy.lm import LMSettings, ModelConfigError
-from metaspo_dspy.lm.preflight import PROBE, PreflightError, preflight
-from metaspo_dspy.optimize.common import ConfigError
+from metaspo_dspy.lm.preflight import PreflightError, preflight
+from metaspo_dspy.lm.providers import PROBE
 from metaspo_dspy.testing import FakeEngine, fake_lm
 from metaspo_dspy.testing.fake_lm import PREFLIGHT_PROBE
 

@@ -18,9 +18,9 @@ from conftest import mock_server, needs_embedded
 from test_cli import metaspo
 
 from metaspo_dspy import APE, MetaSPO, ProTeGi, meta_test
+from metaspo_dspy.errors import ConfigError
+from metaspo_dspy.evaluation.processes import worker_cpu_seconds
 from metaspo_dspy.lm import LMSettings, build_lm
-from metaspo_dspy.optimize.common import ConfigError
-from metaspo_dspy.processes import worker_cpu_seconds
 
 SIG = dspy.Signature("question -> answer", "Answer with the number.")
 SIZES = dict(num_iterations=1, num_system_candidates=2, num_user_candidates=2, user_top_k=2, progress=False)

@@ -10,7 +10,7 @@ import pytest
 from conftest import REFERENCE_SAMPLE
 
 from metaspo_dspy import MetaSPOProgram, SystemPrompt, WithSystemPrompt
-from metaspo_dspy.program import PROGRAM_FORMAT
+from metaspo_dspy.program.system_prompt import PROGRAM_FORMAT
 
 
 def _program() -> MetaSPOProgram:

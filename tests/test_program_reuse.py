@@ -19,7 +19,7 @@ import dspy
 import pytest
 
 from metaspo_dspy import APE, SPRIG, MetaSPO, MetaSPOProgram, ProTeGi, SystemPrompt, WithSystemPrompt
-from metaspo_dspy.adapters import adapter_name
+from metaspo_dspy.program.adapters import adapter_name
 from metaspo_dspy.testing import FakeEngine, fake_lm
 
 SIG = dspy.Signature("question -> answer", "Rate the review from 1 to 5.")

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from test_cli import metaspo
 
-from metaspo_dspy.lm.embedded import is_available
+from metaspo_dspy.lm.embedded.provider import is_available
 
 pytestmark = [pytest.mark.slow]
 
@@ -47,7 +47,7 @@ def _free_port() -> int:
 @contextmanager
 def llama_server(port: int, log: Path):
     """Run ``python -m llama_cpp.server`` with the embedded GGUF on 127.0.0.1:port until exit."""
-    from metaspo_dspy.lm.embedded import gguf_path
+    from metaspo_dspy.lm.embedded.provider import gguf_path
 
     command = [
         sys.executable, "-m", "llama_cpp.server", "--model", str(gguf_path()), "--model_alias", "smollm2",

@@ -9,7 +9,7 @@ import pytest
 from conftest import exact_metric, load_examples
 
 from metaspo_dspy import MetaSPO, MetaSPOProgram
-from metaspo_dspy.runs import RunDirError
+from metaspo_dspy.errors import RunDirError
 
 SIG = dspy.Signature(
     "question -> answer", "Given the following question and candidate answers, choose the best answer."
@@ -96,7 +96,7 @@ def test_resume_refuses_different_settings(data_dir, engine_factory, tmp_path):
 
 
 def test_torn_journal_line_is_ignored(tmp_path):
-    from metaspo_dspy.journal import Journal
+    from metaspo_dspy.store.journal import Journal
 
     journal = Journal(tmp_path / "j.jsonl")
     journal.put("a", {"x": 1})
@@ -111,7 +111,7 @@ def test_torn_journal_line_is_ignored(tmp_path):
 
 
 def test_a_run_dir_is_opened_by_one_runner_at_a_time(tmp_path):
-    from metaspo_dspy.runs import RunDir
+    from metaspo_dspy.store.run_dir import RunDir
 
     first = RunDir(tmp_path / "run", {"seed": 1})
     with pytest.raises(RunDirError, match="in use by another running process"):

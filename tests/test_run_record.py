@@ -26,9 +26,9 @@ from conftest import exact_metric, load_examples, mock_server
 from killing import requests_in, start, wait_for
 
 from metaspo_dspy import MetaSPO, compile_kwargs, load_task
-from metaspo_dspy.ledger import LEDGER_FILE, Ledger, describe
-from metaspo_dspy.optimize.sprig import SPRIG
-from metaspo_dspy.runs import finished_run
+from metaspo_dspy.optimize.sprig.teleprompter import SPRIG
+from metaspo_dspy.store.ledger import LEDGER_FILE, Ledger, describe
+from metaspo_dspy.store.run_dir import finished_run
 
 THREADS = 2
 SIZES = [

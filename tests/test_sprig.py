@@ -10,9 +10,9 @@ from collections import Counter
 import pytest
 
 from metaspo_dspy import MetaSPO, MetaSPOProgram, SystemPrompt, compile_kwargs, load_task
-from metaspo_dspy.estimate import estimate_calls, sprig_budget
-from metaspo_dspy.optimize.sprig import SPRIG
-from metaspo_dspy.optimize.task_run import ConfigError
+from metaspo_dspy.errors import ConfigError
+from metaspo_dspy.optimize.estimate import estimate_calls, sprig_budget
+from metaspo_dspy.optimize.sprig.teleprompter import SPRIG
 from metaspo_dspy.testing.fake_lm import unit
 
 TASKS = ("gen_counting", "gen_boolean")

@@ -8,7 +8,7 @@ from collections import Counter
 
 import pytest
 
-from metaspo_dspy.optimize.sprig_edits import (
+from metaspo_dspy.optimize.sprig.edits import (
     EDIT_TYPES,
     Candidate,
     ComponentBandit,
@@ -17,7 +17,7 @@ from metaspo_dspy.optimize.sprig_edits import (
     pick_edit,
     rephrased,
 )
-from metaspo_dspy.optimize.sprig_library import ComponentLibrary
+from metaspo_dspy.optimize.sprig.library import ComponentLibrary
 
 LIBRARY = ComponentLibrary.of([("Be exact.", "good_property"), ("Think step by step.", "cot"), ("Be brief.", "style")])
 

@@ -10,12 +10,7 @@ from pathlib import Path
 import pytest
 
 from metaspo_dspy import SPRIG
-from metaspo_dspy.optimize.sprig_library import (
-    BUILTIN_PATH,
-    ComponentLibrary,
-    ComponentLibraryError,
-    load_components,
-)
+from metaspo_dspy.optimize.sprig.library import BUILTIN_PATH, ComponentLibrary, ComponentLibraryError, load_components
 
 ROOT = Path(__file__).resolve().parents[1]
 CATEGORIES = {"role", "good_property", "style", "emotion", "scenario", "cot", "behavioral", "safety"}

@@ -16,8 +16,8 @@ from pathlib import Path
 import dspy
 import pytest
 
-from metaspo_dspy.adapters import ReferenceAdapter
-from metaspo_dspy.metrics import TaskMetric, score_example, task_score
+from metaspo_dspy.program.adapters import ReferenceAdapter
+from metaspo_dspy.program.metrics import TaskMetric, score_example, task_score
 from metaspo_dspy.tasks import (
     BENCHMARK_TASKS,
     DOMAIN_TASKS,
@@ -30,8 +30,8 @@ from metaspo_dspy.tasks import (
     load_task,
     load_unseen_user_prompts,
 )
-from metaspo_dspy.tasks.catalog import DATA_INFO, caveats
-from metaspo_dspy.tasks.local import BUNDLED_DIR
+from metaspo_dspy.tasks.provenance import DATA_INFO, caveats
+from metaspo_dspy.tasks.sources.local import BUNDLED_DIR
 from metaspo_dspy.testing import FakeEngine, fake_lm
 
 FOLDERS = {

@@ -6,7 +6,7 @@ import dspy
 import pytest
 
 from metaspo_dspy.tasks import get_spec, macro_f1
-from metaspo_dspy.tasks.parsing import (
+from metaspo_dspy.tasks.answers.parsing import (
     normalize_text,
     options_in,
     parse_option,
@@ -16,7 +16,7 @@ from metaspo_dspy.tasks.parsing import (
     span_match,
     squad_normalize,
 )
-from metaspo_dspy.tasks.reference_parsing import (
+from metaspo_dspy.tasks.answers.reference_parsing import (
     FORMAT_ERROR,
     ref_amazon,
     ref_bigbench_option,
@@ -25,7 +25,7 @@ from metaspo_dspy.tasks.reference_parsing import (
     ref_medmcqa,
     ref_safety,
 )
-from metaspo_dspy.tasks.scoring import UNPARSABLE, AnswerMetric, MacroF1
+from metaspo_dspy.tasks.answers.scoring import UNPARSABLE, AnswerMetric, MacroF1
 
 QUESTION = "Drug of choice?\nOptions:\n(A) Penicillin\n(B) Tetracycline\n(C) Aspirin\n(D) None of the above"
 

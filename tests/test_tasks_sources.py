@@ -9,7 +9,7 @@ from pathlib import Path
 import dspy
 import pytest
 
-from metaspo_dspy.metrics import score_example
+from metaspo_dspy.program.metrics import score_example
 from metaspo_dspy.tasks import (
     GENERATED_SOURCE_TASKS,
     GENERATED_TASKS,
@@ -18,12 +18,12 @@ from metaspo_dspy.tasks import (
     Task,
     TaskLoadError,
     compile_kwargs,
-    hub,
     load_task,
     load_tasks,
     make_task,
 )
-from metaspo_dspy.tasks.bigbench_pkg import BIGBENCH_ROOT_ENV, bigbench_splits, find_bigbench_root
+from metaspo_dspy.tasks.sources import hub
+from metaspo_dspy.tasks.sources.bigbench import BIGBENCH_ROOT_ENV, bigbench_splits, find_bigbench_root
 from metaspo_dspy.tasks.specs import SPECS
 
 pytestmark = pytest.mark.filterwarnings("ignore::metaspo_dspy.tasks.SampleSizeWarning")

@@ -24,8 +24,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from metaspo_dspy.redact import RedactingFilter, redact
-
-os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+from metaspo_dspy.version import version_text
 
 DESCRIPTION = """\
 MetaSPO for DSPy: optimize one system prompt that works across many tasks.
@@ -53,7 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="metaspo", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--version", action="version", version=_version())
+    parser.add_argument("--version", action="version", version=version_text())
     parser.add_argument("--verbose", "-v", action="store_true", help="log details (DSPy, LiteLLM) to stderr")
     parser.add_argument("--debug", action="store_true", help="show the traceback of an unexpected error")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -64,35 +63,6 @@ def build_parser() -> argparse.ArgumentParser:
     report_command.add_parser(subparsers)
     data_command.add_parser(subparsers)
     return parser
-
-
-def _version() -> str:
-    from metaspo_dspy import __version__
-
-    return f"metaspo-dspy {__version__}"
-
-
-def _user_errors() -> tuple[type[BaseException], ...]:
-    """Exceptions that mean bad input, not a bug: reported in one line with exit code 2."""
-    from metaspo_dspy.metrics import MetricError
-    from metaspo_dspy.optimize.common import ConfigError
-    from metaspo_dspy.runs import RunDirError
-    from metaspo_dspy.tasks import TaskLoadError
-
-    errors: list[type[BaseException]] = [ConfigError, RunDirError, TaskLoadError, MetricError]
-    try:
-        from metaspo_dspy.lm import ModelConfigError
-
-        errors.append(ModelConfigError)
-    except ImportError:  # pragma: no cover - the lm package always defines it
-        pass
-    try:
-        from metaspo_dspy.lm.embedded import EmbeddedModelUnavailable
-
-        errors.append(EmbeddedModelUnavailable)
-    except ImportError:  # pragma: no cover
-        pass
-    return tuple(errors)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -111,8 +81,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(argv: list[str], parsed: list[argparse.Namespace]) -> int:
-    from metaspo_dspy.optimize.common import TooManyFailures
-    from metaspo_dspy.optimize.search import NothingParsed
+    from metaspo_dspy.errors import MetaSPOError, NothingParsed, TooManyFailures
+    from metaspo_dspy.lm.embedded.model import EmbeddedModelUnavailable
 
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -127,7 +97,7 @@ def _run(argv: list[str], parsed: list[argparse.Namespace]) -> int:
     except KeyboardInterrupt:
         _error(f"interrupted{_resume_hint(args, '; ')}", prefix="")
         return 130
-    except _user_errors() as exc:
+    except (MetaSPOError, EmbeddedModelUnavailable) as exc:  # bad input, or the [embedded] extra missing
         _error(str(exc))
         return 2
     except NothingParsed as exc:
@@ -156,7 +126,7 @@ def _os_problem(exc: OSError) -> str:
 
 def run_dir_of(args: argparse.Namespace | None) -> Path | None:
     """The run directory this command opened or was given, if it exists on disk, else None."""
-    from metaspo_dspy.runs import last_opened
+    from metaspo_dspy.store.run_dir import last_opened
 
     candidates = [last_opened()]
     if args is not None:
@@ -181,7 +151,7 @@ def _resume_hint(args: argparse.Namespace, sep: str) -> str:
 
 
 def _unparsed_fix(args: argparse.Namespace, argv: list[str]) -> str:
-    """What to run after a :class:`~metaspo_dspy.optimize.search.NothingParsed` stop: the same command
+    """What to run after a :class:`~metaspo_dspy.errors.NothingParsed` stop: the same command
     in DSPy's format (a new run), or the stopped run resumed with ``--allow-unparsed``."""
     kept, skip = [], False
     for arg in argv:
@@ -222,7 +192,7 @@ def report_bug(exc: BaseException, args: argparse.Namespace | None, debug: bool)
 def _save_trace(trace: str, run_dir: Path | None, temporary: bool) -> Path | None:
     """Append ``trace`` to ``run_dir/error.log``, else (when ``temporary``) to a new temporary file;
     the path written, or None when nothing could be written."""
-    header = f"--- {datetime.now(timezone.utc).isoformat(timespec='seconds')} {_version()}: metaspo "
+    header = f"--- {datetime.now(timezone.utc).isoformat(timespec='seconds')} {version_text()}: metaspo "
     header += redact(" ".join(sys.argv[1:])) + "\n"
     try:
         if run_dir is not None:

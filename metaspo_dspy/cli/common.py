@@ -9,9 +9,9 @@ from pathlib import Path
 from typing import Any
 
 from metaspo_dspy.config import RunConfig, load_config
-from metaspo_dspy.optimize.common import ConfigError
+from metaspo_dspy.errors import ConfigError
 from metaspo_dspy.presets import PRESETS
-from metaspo_dspy.program import SystemPrompt
+from metaspo_dspy.program.system_prompt import SystemPrompt
 
 #: CLI flag -> config key, for the flags that override a config value.
 FLAG_KEYS = {

@@ -23,13 +23,13 @@ from typing import Any
 from metaspo_dspy.cli import evaluate, train
 from metaspo_dspy.cli.common import add_config_arguments, config_from_args, config_tasks, say
 from metaspo_dspy.cli.models import add_preflight_argument, build_models, check_models, names_embedded
-from metaspo_dspy.estimate import estimate_tokens_and_cost
-from metaspo_dspy.io import atomic_write_json, atomic_write_text
-from metaspo_dspy.optimize.common import ConfigError
+from metaspo_dspy.config import TRAIN_METHODS
+from metaspo_dspy.errors import ConfigError, RunDirError
+from metaspo_dspy.optimize.estimate import estimate_tokens_and_cost
 from metaspo_dspy.presets import PRESETS
-from metaspo_dspy.program import SystemPrompt
+from metaspo_dspy.program.system_prompt import SystemPrompt
 from metaspo_dspy.report import compare_table
-from metaspo_dspy.runs import RunDirError
+from metaspo_dspy.store.io import atomic_write_json, atomic_write_text
 
 HELP = "train methods over seeds and compare them with the presets on unseen tasks (one table)"
 DESCRIPTION = """\
@@ -47,7 +47,8 @@ examples:
   metaspo compare --domains review medical --methods default metaspo --seeds 1 --task-model ... --log-dir runs/t
   metaspo compare --resume runs/review-table
 """
-METHODS = (*PRESETS, *train.TRAIN_METHODS)
+#: the columns ``--methods`` names: the preset system prompts and the methods ``metaspo train`` runs
+METHODS = (*PRESETS, *TRAIN_METHODS)
 # Flags that may change on --resume (they do not change results).
 _RESUME_OK = {
     "resume",
@@ -148,7 +149,7 @@ class Domain:
             raise ConfigError(f"{self.name}: no unseen tasks (tasks.unseen) to compare on")
         self.trainings = {}
         base_seed = self.config.seed
-        for method in (m for m in args.methods if m in train.TRAIN_METHODS):
+        for method in (m for m in args.methods if m in TRAIN_METHODS):
             for k in range(args.seeds):
                 config = self._config({"method": method, "seed": base_seed + k})
                 run_dir = root / "train" / f"{method}-seed{k}"
@@ -251,7 +252,7 @@ def default_format(args: argparse.Namespace) -> str:
 
 
 def _caveats(config, tasks) -> dict[str, list[str]]:
-    from metaspo_dspy.tasks.catalog import availability, caveats
+    from metaspo_dspy.tasks.provenance import availability, caveats
 
     return {t.name: [str(c) for c in caveats(t.name, availability(t.name, config.data.data_dir))] for t in tasks}
 

@@ -48,9 +48,9 @@ def add_parser(subparsers) -> None:
 
 
 def run_fetch(args: argparse.Namespace) -> int:
-    from metaspo_dspy.tasks.catalog import data_info
-    from metaspo_dspy.tasks.fetch import fetch_data
-    from metaspo_dspy.tasks.local import cache_dir
+    from metaspo_dspy.tasks.provenance import data_info
+    from metaspo_dspy.tasks.sources.fetch import fetch_data
+    from metaspo_dspy.tasks.sources.local import cache_dir
 
     root = args.cache_dir.expanduser() if args.cache_dir is not None else cache_dir()
 

@@ -18,11 +18,11 @@ from metaspo_dspy.cli.common import (
     table,
 )
 from metaspo_dspy.cli.models import add_preflight_argument, build_models, check_models
-from metaspo_dspy.io import atomic_write_json
+from metaspo_dspy.errors import ConfigError, TaskLoadError
 from metaspo_dspy.meta_test import test_time_adaptation, unseen_generalization
-from metaspo_dspy.optimize.common import ConfigError
 from metaspo_dspy.report.compare_table import UNPARSED_NOTE, cell_text, parsed_note, unseen_parsed
-from metaspo_dspy.tasks import TaskLoadError, load_unseen_user_prompts
+from metaspo_dspy.store.io import atomic_write_json
+from metaspo_dspy.tasks import load_unseen_user_prompts
 
 HELP = "score system prompts on unseen tasks (unseen generalization or test-time adaptation)"
 DESCRIPTION = """\

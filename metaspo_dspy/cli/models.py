@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from metaspo_dspy.config import LMConfig, RunConfig
-from metaspo_dspy.optimize.common import ConfigError
+from metaspo_dspy.errors import ConfigError
 
 #: ``--task-model embedded`` is short for the embedded offline model.
 EMBEDDED_ALIASES = ("embedded", "smollm2")
@@ -71,8 +71,8 @@ def build_models(config: RunConfig, task_only: bool = False) -> Models:
     model (it cannot follow ChatAdapter's format), ReferenceAdapter for the reference prompt format.
     With ``task_only`` the optimizer LM is not built (None). Refuses ``num_processes`` > 1 with a
     task LM that worker processes cannot rebuild (the embedded model), before any call."""
+    from metaspo_dspy.evaluation.task_run import check_processes
     from metaspo_dspy.lm import recommended_adapter
-    from metaspo_dspy.optimize.task_run import check_processes
 
     task_lm, task_embedded = _build(config.task_lm, "task", EMBEDDED_TASK_MAX_TOKENS)
     check_processes(config.num_processes, task_lm)

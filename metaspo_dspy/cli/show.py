@@ -6,10 +6,10 @@ import argparse
 from pathlib import Path
 
 from metaspo_dspy.cli.common import add_common_flags, say, table
-from metaspo_dspy.ledger import describe
 from metaspo_dspy.presets import PRESETS
 from metaspo_dspy.report.data import load_run, parsed_change, task_scores
 from metaspo_dspy.report.tables import DECISION_HEADERS, decision_rows
+from metaspo_dspy.store.ledger import describe
 
 
 def add_parsers(subparsers) -> None:
@@ -77,10 +77,10 @@ def run_tasks(args: argparse.Namespace) -> int:
     (``bundled``, ``fetched``, ``missing``, ...), the authors' unseen user prompts, sizes of our
     data, licence and source; then the caveats and the fetch command for what is missing."""
     from metaspo_dspy.tasks import DOMAIN_TASKS, SPECS
-    from metaspo_dspy.tasks.catalog import DATA_INFO, availability, caveats
     from metaspo_dspy.tasks.generated import N_TEST, N_TRAIN
-    from metaspo_dspy.tasks.local import data_roots, find_file
-    from metaspo_dspy.tasks.remote import PROMPTS_FOLDER
+    from metaspo_dspy.tasks.provenance import DATA_INFO, availability, caveats
+    from metaspo_dspy.tasks.sources.local import data_roots, find_file
+    from metaspo_dspy.tasks.sources.remote import PROMPTS_FOLDER
 
     rows, notes, missing = [], [], set()
     for domain, names in DOMAIN_TASKS.items():

@@ -10,7 +10,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from metaspo_dspy.adapters import make_adapter
 from metaspo_dspy.cli.common import (
     add_config_arguments,
     config_from_args,
@@ -20,15 +19,18 @@ from metaspo_dspy.cli.common import (
     table,
 )
 from metaspo_dspy.cli.models import add_preflight_argument, build_models, check_models
-from metaspo_dspy.config import RunConfig, load_config
-from metaspo_dspy.estimate import estimate_calls, estimate_sprig_calls, estimate_tokens_and_cost
-from metaspo_dspy.io import atomic_write_json
-from metaspo_dspy.ledger import describe
-from metaspo_dspy.optimize.common import ConfigError, PhaseLog
-from metaspo_dspy.optimize.metaspo import MetaSPO
-from metaspo_dspy.optimize.sprig import SPRIG
+from metaspo_dspy.config import TRAIN_METHODS, RunConfig, load_config
+from metaspo_dspy.errors import ConfigError, RunDirError
+from metaspo_dspy.optimize.engine.search import PhaseLog
+from metaspo_dspy.optimize.engine.teleprompter import SearchTeleprompter
+from metaspo_dspy.optimize.estimate import estimate_calls, estimate_sprig_calls, estimate_tokens_and_cost
+from metaspo_dspy.optimize.metaspo.teleprompter import MetaSPO
+from metaspo_dspy.optimize.sprig.teleprompter import SPRIG
+from metaspo_dspy.program.adapters import make_adapter
 from metaspo_dspy.report.data import parsed_change
-from metaspo_dspy.runs import RunDirError, finished_run
+from metaspo_dspy.store.io import atomic_write_json
+from metaspo_dspy.store.ledger import describe
+from metaspo_dspy.store.run_dir import finished_run
 from metaspo_dspy.tasks import compile_kwargs
 
 HELP = "optimize a system prompt on the source tasks of a config (MetaSPO, or the SPRIG baseline)"
@@ -43,8 +45,6 @@ examples:
   metaspo train -c review --method sprig --task-model openai/gpt-4o-mini --log-dir runs/review-sprig
   metaspo train --resume runs/review          # continue an interrupted run
 """
-#: The methods `metaspo train` runs (SPRIG's search budget follows the MetaSPO settings given).
-TRAIN_METHODS = ("metaspo", "outer_loop", "metaspo_ape", "sprig")
 
 
 def add_parser(subparsers) -> None:
@@ -170,7 +170,7 @@ class Training:
     resume: bool
     tasks: list
     models: Any
-    tp: MetaSPO
+    tp: SearchTeleprompter
     estimate: dict[str, int]
 
 
@@ -256,7 +256,7 @@ def _title(config: RunConfig) -> str:
     return "SPRIG (baseline)" if config.method == "sprig" else f"MetaSPO ({config.method})"
 
 
-def _estimate(config: RunConfig, tp: MetaSPO, tasks) -> dict[str, int]:
+def _estimate(config: RunConfig, tp: SearchTeleprompter, tasks) -> dict[str, int]:
     """Upper bounds on the run's calls (MetaSPO: exact when every proposal is usable)."""
     sizes = {t.name: (len(t.train), len(t.test)) for t in tasks}
     if isinstance(tp, SPRIG):
@@ -267,7 +267,9 @@ def _estimate(config: RunConfig, tp: MetaSPO, tasks) -> dict[str, int]:
     return estimate_calls(config.method, *args, sizes)
 
 
-def _optimizer(config: RunConfig, models, run_dir: Path, resume: bool, quiet: bool, allow_unparsed: bool) -> MetaSPO:
+def _optimizer(
+    config: RunConfig, models, run_dir: Path, resume: bool, quiet: bool, allow_unparsed: bool
+) -> SearchTeleprompter:
     """The teleprompter for this run (MetaSPO, or SPRIG; its constructor checks every setting and
     loads SPRIG's component library, so a bad file stops the command before any call)."""
     common = dict(

@@ -8,14 +8,14 @@
 Importing this package is cheap: LiteLLM and llama.cpp load on first use.
 """
 
-from metaspo_dspy.lm.embedded import EMBEDDED_MODEL, EmbeddedModelUnavailable, recommended_adapter
+from metaspo_dspy.errors import ModelConfigError
+from metaspo_dspy.lm.embedded.provider import EMBEDDED_MODEL, EmbeddedModelUnavailable, recommended_adapter
 from metaspo_dspy.lm.router import router_lm
 from metaspo_dspy.lm.settings import (
     ENGINES,
     OPTIMIZER_TEMPERATURE,
     TASK_TEMPERATURE,
     LMSettings,
-    ModelConfigError,
     adapter_for,
     build_lm,
     is_embedded,

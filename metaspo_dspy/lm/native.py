@@ -7,7 +7,7 @@ same client (``dspy.clients.engines.LM15Engine``, configured exactly as DSPy con
 that model) passed as a custom engine (``dspy.LM(model, engine=NativeEngine(...))``): DSPy's
 execution layer still owns retries (``num_retries``, backoff, ``Retry-After``), caching, usage and
 history, and calls :meth:`NativeEngine.complete` once per attempt; each failed attempt is reported
-to every open :class:`~metaspo_dspy.faults.FaultLog` before it propagates.
+to every open :class:`~metaspo_dspy.store.faults.FaultLog` before it propagates.
 
 Besides the observation, a custom engine skips DSPy's per-call backend selection (which rebuilds an
 lm15 router for every call to decide between its engines), which is most of what the stock native
@@ -32,7 +32,9 @@ import weakref
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
-from metaspo_dspy import faults
+from metaspo_dspy.errors import ModelConfigError
+from metaspo_dspy.lm.providers import OPENAI_COMPATIBLE, PLACEHOLDER_API_KEY
+from metaspo_dspy.store import faults
 
 
 def _router_config(model: str, api_base: str | None, api_key: str | None, timeout: Any):
@@ -70,7 +72,8 @@ class NativeEngine:
         api_base: the server URL (None: the provider's default endpoint).
         api_key_env: environment variable holding the key (None: the provider's default
             variable, read by the client itself, or the placeholder when ``placeholder_key``).
-        placeholder_key: send the keyless placeholder ``EMPTY`` (a local server needs none).
+        placeholder_key: send the keyless placeholder
+            (:data:`~metaspo_dspy.lm.providers.PLACEHOLDER_API_KEY`; a local server needs none).
         timeout: seconds per wait (connect keeps lm15's short default), as ``dspy.LM(timeout=)``.
     """
 
@@ -100,7 +103,7 @@ class NativeEngine:
     def _key(self) -> str | None:
         if self.api_key_env:
             return os.environ.get(self.api_key_env) or None
-        return "EMPTY" if self.placeholder_key else None
+        return PLACEHOLDER_API_KEY if self.placeholder_key else None
 
     # -- the engine protocol -----------------------------------------------------------------
     def _engine(self):
@@ -233,8 +236,6 @@ def native_settings(lm: Any) -> dict[str, Any] | None:
 def _key_source(settings: Any, provider: str, api_key: str | None) -> tuple[str | None, bool]:
     """(environment variable name, placeholder?) for the key :func:`build_lm` resolved: the named
     variable, the keyless placeholder, or the provider's default variable where it is set."""
-    from metaspo_dspy.lm.settings import PLACEHOLDER_API_KEY
-
     if settings.api_key_env:
         return settings.api_key_env, False
     if api_key == PLACEHOLDER_API_KEY:
@@ -250,15 +251,13 @@ def build_native(settings: Any, provider: str, api_key: str | None, kwargs: dict
     ``"auto"``; None where ``auto`` chooses LiteLLM (a provider that does not speak the OpenAI
     protocol, or client settings DSPy's client cannot carry, such as extra headers).
 
-    Raises :class:`~metaspo_dspy.lm.settings.ModelConfigError` when ``native`` was asked for and
+    Raises :class:`~metaspo_dspy.errors.ModelConfigError` when ``native`` was asked for and
     cannot serve the model.
     """
     from dspy.clients.backend_selection import CLIENT_KEYS
 
-    from metaspo_dspy.lm.settings import _OPENAI_COMPATIBLE, ModelConfigError
-
     auto = settings.engine == "auto"
-    if auto and provider not in _OPENAI_COMPATIBLE:
+    if auto and provider not in OPENAI_COMPATIBLE:
         return None
     carried = sorted(k for k in kwargs if k in CLIENT_KEYS and k != "timeout")
     if carried:

@@ -24,11 +24,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from metaspo_dspy.lm.settings import ModelConfigError
+from metaspo_dspy.errors import ModelConfigError
+from metaspo_dspy.lm.providers import PROBE
 from metaspo_dspy.redact import redact
 
-#: The one message a preflight request sends (the fake model recognises it).
-PROBE = "This is a connection check. Reply with the single word: OK"
 #: Generous enough for reasoning models, small enough to cost nothing.
 PROBE_MAX_TOKENS = 32
 

@@ -22,15 +22,10 @@ import threading
 from collections.abc import Sequence
 from typing import Any
 
-from metaspo_dspy.lm.settings import (
-    TASK_TEMPERATURE,
-    LMSettings,
-    ModelConfigError,
-    _local_providers,
-    resolve_provider,
-)
-
-os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+from metaspo_dspy.errors import ModelConfigError
+from metaspo_dspy.lm import providers
+from metaspo_dspy.lm.providers import PLACEHOLDER_API_KEY
+from metaspo_dspy.lm.settings import TASK_TEMPERATURE, LMSettings, resolve_api_key, resolve_provider
 
 PROVIDER = "metaspo-router"
 _ROUTERS: dict[str, Any] = {}
@@ -41,9 +36,8 @@ _DROP = {"max_retries"}
 
 def _deployment(settings: LMSettings, name: str) -> dict[str, Any]:
     provider = resolve_provider(settings.model, settings.api_base)
-    local = _local_providers()
-    if provider in local:
-        local[provider]()
+    if providers.is_local(provider):
+        providers.install(provider)
     if settings.engine == "native":
         raise ModelConfigError(f"router deployment {settings.model!r}: a router always uses engine='litellm'")
     params: dict[str, Any] = dict(settings.extra)
@@ -59,9 +53,7 @@ def _deployment(settings: LMSettings, name: str) -> dict[str, Any]:
             )
         params["api_key"] = f"os.environ/{settings.api_key_env}"
     else:
-        from metaspo_dspy.lm.settings import PLACEHOLDER_API_KEY, _api_key
-
-        key = _api_key(settings, provider)  # raises when a needed key is missing
+        key = resolve_api_key(settings, provider)  # raises when a needed key is missing
         if key == PLACEHOLDER_API_KEY:
             params["api_key"] = key
     return {"model_name": name, "litellm_params": params}

@@ -21,23 +21,25 @@ new prompts -- are described by an :class:`LMSettings` and built by :func:`build
   without a provider LiteLLM knows, a missing API key (naming the variable to set), the embedded
   model without its ``[embedded]`` extra.
 
-Local providers need no key: ``embedded/smollm2-135m-instruct`` (the offline model, see
-:mod:`metaspo_dspy.lm.embedded`) and ``metaspo-fake/<name>`` (the deterministic fake of
-:mod:`metaspo_dspy.testing.fake_lm`); :func:`build_lm` registers them with LiteLLM.
+In-process providers need no key: ``embedded/smollm2-135m-instruct`` (the offline model, see
+:mod:`metaspo_dspy.lm.embedded.provider`), ``metaspo-fake/<name>`` (the deterministic fake of the
+test helpers) and any other registered through the ``metaspo_dspy.providers`` entry points
+(:mod:`metaspo_dspy.lm.providers`); :func:`build_lm` registers the one a model names with LiteLLM.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import json
 import os
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+from metaspo_dspy.errors import ModelConfigError
+from metaspo_dspy.lm import providers
+from metaspo_dspy.lm.providers import OPENAI_COMPATIBLE, PLACEHOLDER_API_KEY
 
 Engine = Literal["auto", "litellm", "native"]
 ENGINES: tuple[str, ...] = ("auto", "litellm", "native")
@@ -45,39 +47,12 @@ ENGINES: tuple[str, ...] = ("auto", "litellm", "native")
 TASK_TEMPERATURE = 0.0
 OPTIMIZER_TEMPERATURE = 1.0
 
-#: Placeholder key sent to an OpenAI-compatible server at ``api_base`` when no key is set (the
-#: OpenAI client refuses to send a request without one; local servers ignore it).
-PLACEHOLDER_API_KEY = "EMPTY"
-#: Providers that speak the OpenAI protocol and often run keyless behind ``api_base``.
-_OPENAI_COMPATIBLE = {"openai", "text-completion-openai", "openai_like", "hosted_vllm", "lm_studio", "llamafile"}
 #: Providers that authenticate with the machine's cloud identity rather than an API key.
 _AMBIENT_AUTH = {"bedrock", "bedrock_converse", "sagemaker", "sagemaker_chat", "vertex_ai", "vertex_ai_beta"}
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _SECRET_KEY = re.compile(r"(key|secret|password|passwd|credential|authorization|cookie)|(^|[_-])token$", re.I)
 #: ``dspy.LM`` arguments that LMSettings owns (``extra`` may not set them).
 _OWNED = {"model", "temperature", "max_tokens", "api_base", "num_retries", "engine", "api_key"}
-
-
-class ModelConfigError(ValueError):
-    """An LM cannot be built from these settings; the message says how to fix it."""
-
-
-def _local_providers() -> dict[str, Callable[[], None]]:
-    """Providers served in-process: prefix -> function registering it with LiteLLM."""
-
-    def embedded() -> None:
-        from metaspo_dspy.lm import embedded as module
-
-        try:
-            module.check_available()
-        except module.EmbeddedModelUnavailable as exc:
-            raise ModelConfigError(str(exc)) from None
-        module.install_provider()
-
-    def fake() -> None:
-        importlib.import_module("metaspo_dspy.testing.fake_lm").install_provider()
-
-    return {"embedded": embedded, "metaspo-fake": fake}
 
 
 def _check_api_base(api_base: Any) -> None:
@@ -251,8 +226,7 @@ def _litellm():
 def resolve_provider(model: str, api_base: str | None = None) -> str:
     """The LiteLLM provider of ``model``; :class:`ModelConfigError` if LiteLLM cannot route it."""
     prefix, slash, rest = model.partition("/")
-    local = _local_providers()
-    if prefix in local:
+    if providers.is_local(prefix):
         if not rest:
             raise ModelConfigError(f"model {model!r} names the provider {prefix!r} but no model after it")
         return prefix
@@ -284,9 +258,13 @@ def _is_credential(variable: str) -> bool:
     return bool(re.search(r"KEY|TOKEN|SECRET|PASSWORD", variable))
 
 
-def _api_key(settings: LMSettings, provider: str) -> str | None:
-    """The key to pass to ``dspy.LM`` (None: let the client read its default variable)."""
-    if provider in _local_providers():
+def resolve_api_key(settings: LMSettings, provider: str) -> str | None:
+    """The key to pass to the client for ``settings`` served by ``provider``: the value of
+    ``api_key_env``, :data:`~metaspo_dspy.lm.providers.PLACEHOLDER_API_KEY` for a keyless
+    OpenAI-compatible server at ``api_base``, or None (in-process and cloud-identity providers, or
+    the client reads its default variable itself). Raises :class:`ModelConfigError` naming the
+    variable to set when a needed key is missing. The key is read, never stored."""
+    if providers.is_local(provider):
         return None
     if settings.api_key_env:
         value = os.environ.get(settings.api_key_env, "").strip()
@@ -308,7 +286,7 @@ def _api_key(settings: LMSettings, provider: str) -> str | None:
         return None
     if settings.api_base is not None:
         # A self-hosted server behind api_base usually needs no key.
-        return PLACEHOLDER_API_KEY if provider in _OPENAI_COMPATIBLE else None
+        return PLACEHOLDER_API_KEY if provider in OPENAI_COMPATIBLE else None
     names = " or ".join(missing)
     raise ModelConfigError(
         f"model {settings.model!r} needs an API key: set the environment variable {names} "
@@ -341,13 +319,12 @@ def build_lm(settings: LMSettings | Mapping[str, Any] | str, **overrides: Any):
             f"model {settings.model!r} needs the server's URL: set api_base (e.g. "
             "'http://localhost:8000/v1') or the environment variable HOSTED_VLLM_API_BASE"
         )
-    local = _local_providers()
-    if provider in local:
+    if providers.is_local(provider):
         if settings.engine == "native":
             raise ModelConfigError(f"{settings.model!r} runs in-process through LiteLLM; use engine='litellm'")
         settings = settings.replace(engine="litellm")
-        local[provider]()  # registers it with LiteLLM (and checks the embedded extra)
-    api_key = _api_key(settings, provider)
+        providers.install(provider)  # registers it with LiteLLM (and checks the embedded extra)
+    api_key = resolve_api_key(settings, provider)
 
     kwargs: dict[str, Any] = dict(settings.extra)
     kwargs.update(
@@ -385,7 +362,7 @@ def adapter_for(model: Any):
     """The adapter a model needs, or None for DSPy's default: ``dspy.JSONAdapter()`` for the
     embedded model (it cannot follow ChatAdapter's format)."""
     if is_embedded(model):
-        from metaspo_dspy.lm.embedded import recommended_adapter
+        from metaspo_dspy.lm.embedded.provider import recommended_adapter
 
         return recommended_adapter()
     return None

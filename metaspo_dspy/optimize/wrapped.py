@@ -1,7 +1,7 @@
 """Programs that already carry a system prompt, handed to MetaSPO, ProTeGi or APE.
 
-A :class:`~metaspo_dspy.program.WithSystemPrompt` (``best.for_task(name)``, a ProTeGi/APE result)
-or a :class:`~metaspo_dspy.program.MetaSPOProgram` is never re-wrapped: its own system prompt would
+A :class:`~metaspo_dspy.program.system_prompt.WithSystemPrompt` (``best.for_task(name)``, a ProTeGi/APE result)
+or a :class:`~metaspo_dspy.program.system_prompt.MetaSPOProgram` is never re-wrapped: its own system prompt would
 override every candidate's, so every candidate would score the same and the result would name a
 system prompt that was never sent. Instead the optimizers **unwrap** it:
 
@@ -13,7 +13,7 @@ system prompt that was never sent. Instead the optimizers **unwrap** it:
   when the wrapper's differs. Of nested wrappers the innermost one's prompt counts (it is the one
   the predictors see); the adapter is the innermost one that sets one;
 * several wrapped task programs (MetaSPO) must agree on a setting the optimizer was not given,
-  else a :class:`~metaspo_dspy.optimize.common.ConfigError` asks for it;
+  else a :class:`~metaspo_dspy.errors.ConfigError` asks for it;
 * a ``WithSystemPrompt`` *inside* a task program (a sub-module) is refused with a
   ``ConfigError`` naming its path: its prompt would silently override every candidate.
 """
@@ -27,8 +27,8 @@ from typing import Any
 
 import dspy
 
-from metaspo_dspy.optimize.common import ConfigError
-from metaspo_dspy.program import MetaSPOProgram, SystemPrompt, WithSystemPrompt, unwrap
+from metaspo_dspy.errors import ConfigError
+from metaspo_dspy.program.system_prompt import MetaSPOProgram, SystemPrompt, WithSystemPrompt, unwrap
 
 logger = logging.getLogger(__name__)
 

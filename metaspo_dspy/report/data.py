@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from metaspo_dspy.optimize.common import ConfigError
+from metaspo_dspy.errors import ConfigError
 
 INSTALL_HINT = "pip install 'metaspo-dspy[notebook]' (or: pip install matplotlib)"
 #: Figure files written by :func:`report` (name -> caption).

@@ -6,8 +6,6 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from metaspo_dspy.io import atomic_write_text
-from metaspo_dspy.ledger import describe
 from metaspo_dspy.report.data import FIGURES, _short, load_results, load_run, merge_unseen_results, task_scores
 from metaspo_dspy.report.plots import (
     _require_matplotlib,
@@ -30,6 +28,8 @@ from metaspo_dspy.report.tables import (
     tta_table,
     unseen_table,
 )
+from metaspo_dspy.store.io import atomic_write_text
+from metaspo_dspy.store.ledger import describe
 
 
 # -- the report --------------------------------------------------------------------------------
@@ -95,12 +95,23 @@ def report(
         results = _discover_results(run_dir)
     loaded = [(item, load_results(item)) for item in results]
 
+    lines = _summary_lines(artifact, run_dir)
+    lines += _prompt_lines(artifact)
+    lines += _run_sections(artifact, out)
+    lines += _unseen_section([(src, d) for src, d in loaded if d["analysis"] == "unseen_generalization"], out)
+    lines += _tta_sections([(src, d) for src, d in loaded if d["analysis"] == "test_time_adaptation"], out)
+    path = out / "report.md"
+    atomic_write_text(path, "\n".join(lines).rstrip() + "\n")
+    return path
+
+
+def _summary_lines(artifact: Mapping[str, Any], run_dir: Path) -> list[str]:
+    """The title and the run's summary: status, method, models, tasks, meta-score, calls, faults."""
     complete = artifact.get("complete", True)
     settings = artifact.get("settings", {})
     steps = artifact["steps"]
     calls = artifact.get("calls", {})
     seconds = sum(p.get("seconds", 0.0) for p in artifact.get("phases", []))
-    lines = [f"# MetaSPO run report: `{run_dir.name or run_dir}`", ""]
     status = (
         "finished"
         if complete
@@ -111,7 +122,9 @@ def report(
     task_list = ", ".join(
         f"`{t}` ({s.get('train', '?')} train / {s.get('test', 0)} test)" for t, s in tasks_settings.items()
     ) or ", ".join(f"`{t}`" for t in task_scores(artifact))
-    lines += [
+    lines = [
+        f"# MetaSPO run report: `{run_dir.name or run_dir}`",
+        "",
         f"- **Run directory**: `{run_dir}`",
         f"- **Status**: {status}",
         f"- **Method**: `{artifact.get('method', settings.get('method', '?'))}`; iterations "
@@ -131,14 +144,29 @@ def report(
     faults = artifact.get("faults") or {}
     if faults:
         lines.append("- **Faults**: " + ", ".join(f"{k}: {v}" for k, v in sorted(faults.items())))
-    lines += ["", "Scores are fractions in [0, 1]; train scores are on the run's train examples.", ""]
+    return [*lines, "", "Scores are fractions in [0, 1]; train scores are on the run's train examples.", ""]
 
-    heading = "Optimized system prompt" if complete else "System prompt so far (run not finished)"
-    lines += [f"## {heading}", "", _fence(artifact["optimized_system_prompt"]), ""]
-    lines += ["Initial system prompt:", "", _fence(artifact.get("initial_system_prompt", "")), ""]
 
+def _prompt_lines(artifact: Mapping[str, Any]) -> list[str]:
+    """The optimized (or best so far) system prompt and the initial one, fenced."""
+    heading = "Optimized system prompt" if artifact.get("complete", True) else "System prompt so far (run not finished)"
+    return [
+        f"## {heading}",
+        "",
+        _fence(artifact["optimized_system_prompt"]),
+        "",
+        "Initial system prompt:",
+        "",
+        _fence(artifact.get("initial_system_prompt", "")),
+        "",
+    ]
+
+
+def _run_sections(artifact: Mapping[str, Any], out: Path) -> list[str]:
+    """The run's own sections, their figures saved in ``out``: meta-score per step (and the
+    outer-loop candidates), per-task scores, calls and time per phase, proposals."""
     _save(plot_meta_score, artifact, out / "meta_score.png")
-    lines += ["## Meta-score per step", "", f"![{FIGURES['meta_score.png']}](meta_score.png)", ""]
+    lines = ["## Meta-score per step", "", f"![{FIGURES['meta_score.png']}](meta_score.png)", ""]
     lines += [steps_table(artifact), ""]
     if artifact.get("outer_decisions"):
         lines += [
@@ -172,46 +200,58 @@ def report(
     lines += [phases_table(artifact), ""]
     if artifact.get("proposals"):
         lines += ["## Proposals", "", proposals_table(artifact), ""]
+    return lines
 
-    unseen = [(src, d) for src, d in loaded if d["analysis"] == "unseen_generalization"]
-    tta = [(src, d) for src, d in loaded if d["analysis"] == "test_time_adaptation"]
-    if unseen:
-        merged = merge_unseen_results(*(d for _, d in unseen))
-        sources = ", ".join(f"`{s}`" if not isinstance(s, Mapping) else "(given)" for s, _ in unseen)
-        _save(plot_unseen, merged, out / "unseen.png", figsize=(8, 4))
+
+def _where(source: Any) -> str:
+    """How the report names a results file: its path, or ``(given)`` for a dict."""
+    return f"`{source}`" if not isinstance(source, Mapping) else "(given)"
+
+
+def _unseen_section(unseen: list[tuple[Any, dict[str, Any]]], out: Path) -> list[str]:
+    """The unseen-generalization section of ``(source, results)`` pairs merged (none: no lines);
+    its figure saved in ``out``."""
+    if not unseen:
+        return []
+    merged = merge_unseen_results(*(d for _, d in unseen))
+    sources = ", ".join(_where(s) for s, _ in unseen)
+    _save(plot_unseen, merged, out / "unseen.png", figsize=(8, 4))
+    lines = [
+        "## Unseen generalization",
+        "",
+        f"From {sources}: test score per unseen task, mean ± stdev over user prompts never optimized "
+        "against the system prompt.",
+        "",
+        f"![{FIGURES['unseen.png']}](unseen.png)",
+        "",
+        unseen_table(merged),
+        "",
+    ]
+    prompts = merged.get("system_prompts", {})
+    if prompts:
+        lines += [_md_table([[k, _short(v, 100)] for k, v in prompts.items()], ["label", "system prompt"]), ""]
+    return lines
+
+
+def _tta_sections(tta: list[tuple[Any, dict[str, Any]]], out: Path) -> list[str]:
+    """One test-time-adaptation section per ``(source, results)`` pair, figures ``tta.png``,
+    ``tta_2.png``, ... saved in ``out``."""
+    lines: list[str] = []
+    for i, (src, data) in enumerate(tta):
+        name = "tta.png" if i == 0 else f"tta_{i + 1}.png"
+        _save(plot_tta, data, out / name)
         lines += [
-            "## Unseen generalization",
+            "## Test-time adaptation",
             "",
-            f"From {sources}: test score per unseen task, mean ± stdev over user prompts never optimized "
-            "against the system prompt.",
+            f"From {_where(src)}: ProTeGi on each unseen task's user prompt with the system prompt fixed; test "
+            "score of the best kept prompt per round, mean over tasks.",
             "",
-            f"![{FIGURES['unseen.png']}](unseen.png)",
+            f"![{FIGURES['tta.png']}]({name})",
             "",
-            unseen_table(merged),
+            tta_table(data),
             "",
         ]
-        prompts = merged.get("system_prompts", {})
-        if prompts:
-            lines += [_md_table([[k, _short(v, 100)] for k, v in prompts.items()], ["label", "system prompt"]), ""]
-    if tta:
-        for i, (src, data) in enumerate(tta):
-            name = "tta.png" if i == 0 else f"tta_{i + 1}.png"
-            _save(plot_tta, data, out / name)
-            where = f"`{src}`" if not isinstance(src, Mapping) else "(given)"
-            lines += [
-                "## Test-time adaptation",
-                "",
-                f"From {where}: ProTeGi on each unseen task's user prompt with the system prompt fixed; test "
-                "score of the best kept prompt per round, mean over tasks.",
-                "",
-                f"![{FIGURES['tta.png']}]({name})",
-                "",
-                tta_table(data),
-                "",
-            ]
-    path = out / "report.md"
-    atomic_write_text(path, "\n".join(lines).rstrip() + "\n")
-    return path
+    return lines
 
 
 # -- command line (``metaspo report``) ---------------------------------------------------------

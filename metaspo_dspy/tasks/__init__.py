@@ -6,21 +6,22 @@
     tasks = load_tasks(SOURCE_TASKS["review"])
     MetaSPO(...).compile(**compile_kwargs(tasks))
 
-See :mod:`.loader` for sources and prompt formats, :mod:`.local` for where task files are looked
-for, :mod:`.catalog` for each task's source, licence and caveats, :mod:`.fetch` for ``metaspo data
-fetch``, :mod:`.hub` for the Hugging Face mappings, :mod:`.generated` for the offline family and
-:mod:`.custom` for tasks made from your examples.
+Every registered task (the 35 benchmark tasks and the generated family) is in :data:`SPECS`.
+See :mod:`.loader` for sources and prompt formats, :mod:`.sources.local` for where task files are
+looked for, :mod:`.provenance` for each task's source, licence and caveats, :mod:`.sources.fetch`
+for ``metaspo data fetch``, :mod:`.sources.hub` for the Hugging Face mappings, :mod:`.generated`
+for the offline family (it registers itself with :func:`.specs.register_spec`) and :mod:`.task`
+for tasks made from your examples.
 """
 
-from metaspo_dspy.tasks.base import PromptFormat, Task, compile_kwargs, input_names
-from metaspo_dspy.tasks.catalog import DATA_INFO, Caveat, DataInfo, availability, caveats, data_info
-from metaspo_dspy.tasks.custom import ExactMatch, make_task
-from metaspo_dspy.tasks.fetch import DataFetchError, FetchRecord, fetch_data
+from metaspo_dspy.errors import TaskLoadError
+from metaspo_dspy.tasks.answers.scoring import macro_f1
 from metaspo_dspy.tasks.generated import GENERATED_SOURCE_TASKS, GENERATED_TASKS, GENERATED_UNSEEN_TASKS
 from metaspo_dspy.tasks.loader import PROMPT_FORMATS, SOURCES, load_task, load_tasks
-from metaspo_dspy.tasks.local import BUNDLED_DIR, TaskLoadError, cache_dir, data_roots, default_data_dir
+from metaspo_dspy.tasks.provenance import DATA_INFO, Caveat, DataInfo, availability, caveats, data_info
 from metaspo_dspy.tasks.sampling import SampleSizeWarning
-from metaspo_dspy.tasks.scoring import macro_f1
+from metaspo_dspy.tasks.sources.fetch import DataFetchError, FetchRecord, fetch_data
+from metaspo_dspy.tasks.sources.local import BUNDLED_DIR, cache_dir, data_roots, default_data_dir
 from metaspo_dspy.tasks.specs import (
     ALIASES,
     BENCHMARK_DOMAINS,
@@ -37,13 +38,9 @@ from metaspo_dspy.tasks.specs import (
     canonical_name,
     get_spec,
 )
+from metaspo_dspy.tasks.task import ExactMatch, PromptFormat, Task, compile_kwargs, input_names, make_task
 from metaspo_dspy.tasks.unseen import load_unseen_user_prompts, strip_reference_suffix
 
-SOURCE_TASKS["generated"] = GENERATED_SOURCE_TASKS
-UNSEEN_TASKS["generated"] = GENERATED_UNSEEN_TASKS
-DOMAIN_TASKS["generated"] = GENERATED_TASKS
-#: every registered task name (35 benchmark tasks + the generated family)
-TASKS = SPECS
 #: the 35 benchmark task names
 BENCHMARK_TASKS: tuple[str, ...] = tuple(n for n, s in SPECS.items() if s.domain in BENCHMARK_DOMAINS)
 DOMAINS: tuple[str, ...] = (*BENCHMARK_DOMAINS, "generated")
@@ -68,7 +65,6 @@ __all__ = [
     "SOURCES",
     "SOURCE_TASKS",
     "SPECS",
-    "TASKS",
     "UNSEEN_TASKS",
     "Caveat",
     "DataFetchError",

@@ -12,7 +12,7 @@ Sources (``source=``):
   task if installed; a task found nowhere is one error naming ``metaspo data fetch``.
 
 A task loaded from the bundled or fetched data carries ``metadata["caveats"]``: how that data
-differs from the paper's (:func:`~metaspo_dspy.tasks.catalog.caveats`).
+differs from the paper's (:func:`~metaspo_dspy.tasks.provenance.caveats`).
 
 Generated tasks (``gen_*``) need no source. Prompt formats (``prompt_format=``):
 
@@ -22,7 +22,7 @@ Generated tasks (``gen_*``) need no source. Prompt formats (``prompt_format=``):
   not comparable one-to-one with the paper's.
 * ``"reference"``: signature ``question -> response`` whose instructions are the reference's full
   user prompt (base instruction + ``<Question>{question}</Question>`` + answer-format line); run it
-  with :class:`~metaspo_dspy.adapters.ReferenceAdapter`; the metric applies the reference's parsing
+  with :class:`~metaspo_dspy.program.adapters.ReferenceAdapter`; the metric applies the reference's parsing
   and quirks (:mod:`.reference_parsing`). This reproduces the paper's protocol.
 """
 
@@ -36,25 +36,19 @@ from typing import Any
 
 import dspy
 
-from metaspo_dspy.tasks import parsing
-from metaspo_dspy.tasks.answers import check_rows
-from metaspo_dspy.tasks.base import Task
-from metaspo_dspy.tasks.bigbench_pkg import BIGBENCH_LAYOUT, bigbench_splits
-from metaspo_dspy.tasks.catalog import caveats, data_info
+from metaspo_dspy.errors import TaskLoadError
+from metaspo_dspy.tasks.answers import parsing
+from metaspo_dspy.tasks.answers.reference_parsing import REFERENCE_PARSERS
+from metaspo_dspy.tasks.answers.scoring import build_metric
 from metaspo_dspy.tasks.generated import generate_splits
-from metaspo_dspy.tasks.hub import HUB_SOURCES, hub_splits
-from metaspo_dspy.tasks.local import (
-    TaskLoadError,
-    cache_dir,
-    data_roots,
-    default_data_dir,
-    local_path,
-    read_splits,
-)
-from metaspo_dspy.tasks.reference_parsing import REFERENCE_PARSERS
+from metaspo_dspy.tasks.provenance import caveats, data_info
 from metaspo_dspy.tasks.sampling import sample_splits
-from metaspo_dspy.tasks.scoring import build_metric
+from metaspo_dspy.tasks.sources.answer_kinds import check_rows
+from metaspo_dspy.tasks.sources.bigbench import BIGBENCH_LAYOUT, bigbench_splits
+from metaspo_dspy.tasks.sources.hub import HUB_SOURCES, hub_splits
+from metaspo_dspy.tasks.sources.local import cache_dir, data_roots, default_data_dir, local_path, read_splits
 from metaspo_dspy.tasks.specs import BENCHMARK_DOMAINS, TaskSpec, get_spec
+from metaspo_dspy.tasks.task import Task
 
 PROMPT_FORMATS = ("dspy", "reference")
 SOURCES = ("auto", "local", "bigbench", "hub")
@@ -114,7 +108,7 @@ def fetch_splits(
 ) -> tuple[Splits, dict[str, Any]]:
     """``spec``'s full train/test rows and where they came from.
 
-    ``local`` looks in :func:`~metaspo_dspy.tasks.local.data_roots` (``data_dir``, else
+    ``local`` looks in :func:`~metaspo_dspy.tasks.sources.local.data_roots` (``data_dir``, else
     ``$METASPO_DATA_DIR``, else the user cache then the bundled data); ``auto`` does the same, then
     the bigbench package for a BIG-bench task -- never the hub, which is used only when asked
     (``source="hub"``). The metadata names the file and its ``origin`` (``fetched``, ``bundled``,
@@ -183,7 +177,7 @@ def build_task(
 ) -> Task:
     """A :class:`Task` from full splits: sampled as the reference does, then wrapped.
 
-    Every row is checked first (:func:`~metaspo_dspy.tasks.answers.check_rows`): a row without a
+    Every row is checked first (:func:`~metaspo_dspy.tasks.sources.answer_kinds.check_rows`): a row without a
     string question or with an answer of the wrong type for ``spec`` raises :class:`TaskLoadError`.
     """
     check_rows(spec, splits, _origin(metadata))

@@ -27,8 +27,6 @@ _ANSWER_ONLY = "Respond with the answer only"
 
 #: answer kinds: how the DSPy-format normaliser reads an answer
 KINDS = ("option", "rating", "text", "yesno", "span")
-#: reference parsers (one per reference ``clean_response``)
-REFERENCE_PARSERS = ("medmcqa", "bigbench_option", "bigbench_text", "amazon", "safety", "grounding")
 
 
 @dataclass(frozen=True)
@@ -44,7 +42,8 @@ class TaskSpec:
         format_line: the reference's answer-format line (follows the question slot).
         kind: the answer kind (:data:`KINDS`).
         metric: ``accuracy``, ``macro_f1`` or ``em``.
-        reference_parser: which reference ``clean_response`` applies (:data:`REFERENCE_PARSERS`).
+        reference_parser: which reference ``clean_response`` applies (a key of
+            :data:`~metaspo_dspy.tasks.answers.reference_parsing.REFERENCE_PARSERS`).
         letters: valid option letters for ``kind == "option"``.
         role: ``source``, ``unseen`` or ``extra``.
         answer_desc: the DSPy output field's description.
@@ -234,7 +233,7 @@ _SPECS: list[TaskSpec] = [
     *(_grounding(n, "unseen") for n in ("natural_questions", "web_qa")),
 ]
 
-#: task name -> spec, for the 35 benchmark tasks (generated tasks register in ``generated``)
+#: task name -> spec: the 35 benchmark tasks, and the tasks added by :func:`register_spec` (the generated family)
 SPECS: dict[str, TaskSpec] = {spec.name: spec for spec in _SPECS}
 #: accepted alternative spellings -> the reference's name
 ALIASES: dict[str, str] = {"anthropic_harmless": "antropic_harmless", "harmless": "antropic_harmless"}
@@ -246,11 +245,11 @@ def _by(domain: str, role: str) -> tuple[str, ...]:
     return tuple(s.name for s in _SPECS if s.domain == domain and s.role == role)
 
 
-#: domain -> meta-train (source) task names, as in the paper's configs
+#: domain -> meta-train (source) task names, as in the paper's configs (+ registered domains)
 SOURCE_TASKS: dict[str, tuple[str, ...]] = {d: _by(d, "source") for d in BENCHMARK_DOMAINS}
-#: domain -> meta-test (unseen) task names, as in the paper's configs
+#: domain -> meta-test (unseen) task names, as in the paper's configs (+ registered domains)
 UNSEEN_TASKS: dict[str, tuple[str, ...]] = {d: _by(d, "unseen") for d in BENCHMARK_DOMAINS}
-#: domain -> every task of the domain (``navigate`` included in ``reasoning``)
+#: domain -> every task of the domain (``navigate`` included in ``reasoning``; + registered domains)
 DOMAIN_TASKS: dict[str, tuple[str, ...]] = {
     d: tuple(s.name for s in _SPECS if s.domain == d) for d in BENCHMARK_DOMAINS
 }
@@ -262,10 +261,17 @@ GROUNDING_TASKS = DOMAIN_TASKS["grounding"]
 
 
 def register_spec(spec: TaskSpec) -> None:
-    """Add a spec to the registry (used by the generated family); names must be new."""
+    """Add a spec to the registry (used by the generated family): to :data:`SPECS`, and its name to
+    its domain's :data:`DOMAIN_TASKS` and, by its role, :data:`SOURCE_TASKS` or
+    :data:`UNSEEN_TASKS` (a new domain gets its entries). Names must be new (``ValueError``)."""
     if spec.name in SPECS or spec.name in ALIASES:
         raise ValueError(f"task {spec.name!r} is already registered")
     SPECS[spec.name] = spec
+    DOMAIN_TASKS[spec.domain] = (*DOMAIN_TASKS.get(spec.domain, ()), spec.name)
+    for role, table in (("source", SOURCE_TASKS), ("unseen", UNSEEN_TASKS)):
+        names = table.setdefault(spec.domain, ())
+        if spec.role == role:
+            table[spec.domain] = (*names, spec.name)
 
 
 def canonical_name(name: str) -> str | None:

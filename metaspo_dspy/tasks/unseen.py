@@ -4,7 +4,7 @@
 the reference published them (``harmless.json`` belongs to ``antropic_harmless``); the protocol
 uses the first 10. The reference repository states no licence, so they are not bundled:
 ``metaspo data fetch <task or domain>`` downloads them into the user cache. The roots searched are
-those of the task files (:func:`~metaspo_dspy.tasks.local.data_roots`). Each prompt ends with the
+those of the task files (:func:`~metaspo_dspy.tasks.sources.local.data_roots`). Each prompt ends with the
 reference's raw-prompt suffix: the ``<Question>{question}</Question>`` slot and the task's
 answer-format line. The DSPy format drops both (its adapter delimits the input and output
 fields); the reference format keeps the text as is.
@@ -15,8 +15,9 @@ from __future__ import annotations
 import os
 import warnings
 
-from metaspo_dspy.tasks.local import TaskLoadError, cache_dir, data_roots, default_data_dir, find_file, read_json
+from metaspo_dspy.errors import TaskLoadError
 from metaspo_dspy.tasks.sampling import SampleSizeWarning
+from metaspo_dspy.tasks.sources.local import cache_dir, data_roots, default_data_dir, find_file, read_json
 from metaspo_dspy.tasks.specs import QUESTION_SLOT, get_spec
 
 UNSEEN_FOLDER = "unseen_user_prompts"

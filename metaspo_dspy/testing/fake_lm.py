@@ -8,7 +8,7 @@ interleaving and in any process:
   probability -- a deterministic hash draw -- given by ``skill(system_prompt, user_prompt)``;
   the correct answer comes from ``gold`` (a dict or callable keyed by the question text). Without a
   gold answer it picks an option letter or a rating from the question's hash.
-* **optimizer calls** (the signatures in :mod:`metaspo_dspy.optimize.signatures`): it writes an
+* **optimizer calls** (the signatures in :mod:`metaspo_dspy.optimize.proposer.signatures`): it writes an
   analysis and a new prompt whose text is a hash of the request and of the ``seed`` parameter, so
   distinct requests give distinct prompts; slots like ``<Question>{question}</Question>`` and the
   text after them are kept.
@@ -37,8 +37,11 @@ from collections import Counter
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from metaspo_dspy.lm.preflight import PROBE as PREFLIGHT_PROBE
+from metaspo_dspy.lm.providers import PROBE as PREFLIGHT_PROBE
 
+#: The model-string prefix the fake serves: the name of its ``metaspo_dspy.providers`` entry point
+#: (``pyproject.toml``), through which :func:`metaspo_dspy.lm.build_lm` and worker processes run
+#: :func:`install_provider`.
 PROVIDER = "metaspo-fake"
 OPTIMIZER_FIELDS = {
     "user_prompt_analysis",

@@ -1,0 +1,1 @@
+"""MetaSPO: the teleprompter and its bilevel search loop."""
