@@ -389,13 +389,13 @@ def test_the_cli_logging_is_redacted_and_on_stderr(tmp_path, verbose):
         f"setup_logging({verbose})\n"
         "import litellm\n"
         "secret = os.environ['METASPO_TEST_SECRET_TOKEN']\n"
-        "for name in ('dspy.clients.lm', 'LiteLLM', 'metaspo_dspy.evaluation.grid'):\n"
+        "for name in ('dspy.clients.lm', 'LiteLLM', 'metaspo_dspy.evaluation'):\n"
         "    logging.getLogger(name).error('%s says Authorization: Bearer abcdefghij ' + secret, name)\n"
         "logging.getLogger('LiteLLM').info('an info line')\n"
     )
     result = subprocess.run([sys.executable, "-c", probe], env=_env(tmp_path), capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert result.stdout == "" and SECRET not in result.stderr and "abcdefghij" not in result.stderr
-    for name in ("dspy.clients.lm", "LiteLLM", "metaspo_dspy.evaluation.grid"):
+    for name in ("dspy.clients.lm", "LiteLLM", "metaspo_dspy.evaluation"):
         assert f"{name} says Authorization: Bearer [REDACTED] [REDACTED]" in result.stderr
     assert ("an info line" in result.stderr) is verbose

@@ -40,3 +40,10 @@ def test_settings_are_made_once_and_read_as_attributes():
         metaspo.num_iterations = 5
     with pytest.raises(AttributeError, match="no attribute 'screening'"):
         _ = sprig.screening
+
+
+def test_an_unknown_keyword_names_the_teleprompter_it_was_given_to():
+    with pytest.raises(TypeError, match=r"SPRIG.__init__\(\) got an unexpected keyword argument 'num_iteration'"):
+        SPRIG(num_iteration=2)
+    with pytest.raises(TypeError, match=r"unexpected keyword argument 'num_iteration'"):
+        MetaSPO(num_iteration=2)

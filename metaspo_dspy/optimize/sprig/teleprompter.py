@@ -71,12 +71,14 @@ Where the paper is silent, or its published code differs from what fits here, we
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 from metaspo_dspy.errors import ConfigError
 from metaspo_dspy.evaluation.task_run import TaskRun
 from metaspo_dspy.optimize.engine.teleprompter import SearchTeleprompter
 from metaspo_dspy.optimize.estimate import sprig_budget
+from metaspo_dspy.optimize.settings import SearchSettings
 from metaspo_dspy.optimize.sprig.loop import SprigRun
 from metaspo_dspy.optimize.sprig.settings import Components, SprigSettings
 from metaspo_dspy.program.metrics import Metric
@@ -136,6 +138,9 @@ class SPRIG(SearchTeleprompter):
         unused = sorted(set(settings) & set(_METASPO_ONLY))
         if unused:
             raise ConfigError(f"SPRIG does not take {', '.join(unused)} (MetaSPO settings with no meaning for SPRIG)")
+        unknown = sorted(set(settings) - set(inspect.signature(SearchSettings.shared).parameters))
+        if unknown:
+            raise TypeError(f"SPRIG.__init__() got an unexpected keyword argument {unknown[0]!r}")
         own = SprigSettings.build(
             components,
             beam_size,
