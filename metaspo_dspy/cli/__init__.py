@@ -1,7 +1,8 @@
 """The ``metaspo`` command line: train, test, show, report, presets, tasks, data.
 
 Exit codes: 0 success; 2 bad input (one ``error:`` line naming the problem and the fix, no
-traceback; also a file that cannot be written, e.g. a full disk); 130 interrupted (the run
+traceback; also a file that cannot be written, e.g. a full disk, stdout included); 130 interrupted
+by Ctrl-C, 143 by SIGTERM (what ``docker stop`` and systemd send; both end the same way: the run
 directory stays resumable once its ``run.json`` exists); 1 a stopped run (too many failures, or no
 answer parsed in the initial evaluation: the line names the command to rerun) or an unexpected
 error (a bug). A bug is one ``error:`` line too: the traceback goes to
@@ -13,12 +14,15 @@ the console with ``--debug``. Everything printed or logged passes through
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import logging
 import os
 import shlex
+import signal
 import sys
 import tempfile
+import threading
 import traceback
 from datetime import datetime, timezone
 from pathlib import Path
@@ -71,13 +75,84 @@ def main(argv: list[str] | None = None) -> int:
     Never lets an exception reach the console as a traceback (see the module docstring)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     parsed: list[argparse.Namespace] = []
+    _console_never_fails()
+    with _sigterm_as_interrupt():
+        try:
+            code = _run(argv, parsed)
+            sys.stdout.flush()  # a full device fails here, inside the error handling, not at exit
+            return code
+        except KeyboardInterrupt as exc:  # while starting up (imports, argument parsing)
+            _error(_interruption(exc), prefix="")
+            return _interrupted_code(exc)
+        except OSError as exc:
+            if exc.filename is not None or not _stdout_failed(exc):
+                return report_bug(exc, parsed[0] if parsed else None, debug="--debug" in argv)
+            return _result_not_printed(exc, parsed[0] if parsed else None)
+        except Exception as exc:
+            return report_bug(exc, parsed[0] if parsed else None, debug="--debug" in argv)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread: the command ends as after Ctrl-C (journals closed, the
+    run resumable), with exit code 143."""
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt():
+    """While the command runs, SIGTERM raises :class:`Terminated` in the main thread (only the
+    main thread may install a handler; elsewhere SIGTERM keeps its default)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def terminate(signum: int, frame: object) -> None:
+        raise Terminated()
+
+    previous = signal.signal(signal.SIGTERM, terminate)
     try:
-        return _run(argv, parsed)
-    except KeyboardInterrupt:  # while starting up (imports, argument parsing)
-        _error("interrupted", prefix="")
-        return 130
-    except Exception as exc:
-        return report_bug(exc, parsed[0] if parsed else None, debug="--debug" in argv)
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _interruption(exc: BaseException) -> str:
+    return "terminated (SIGTERM)" if isinstance(exc, Terminated) else "interrupted"
+
+
+def _interrupted_code(exc: BaseException) -> int:
+    return 128 + signal.SIGTERM if isinstance(exc, Terminated) else 130
+
+
+def _console_never_fails() -> None:
+    """Printing never fails on the console's encoding (``LANG=C``, ``PYTHONIOENCODING=ascii``): a
+    character it cannot show is written as a backslash escape instead of stopping the command."""
+    for stream in (sys.stdout, sys.stderr):
+        encoding = (getattr(stream, "encoding", None) or "").lower().replace("-", "")
+        if encoding != "utf8" and getattr(stream, "errors", None) == "strict" and hasattr(stream, "reconfigure"):
+            with contextlib.suppress(Exception):
+                stream.reconfigure(errors="backslashreplace")
+
+
+def _stdout_failed(exc: OSError) -> bool:
+    """Whether ``exc`` (no file name) came from writing the result to stdout."""
+    return isinstance(exc, BrokenPipeError) or exc.errno in (
+        errno.ENOSPC, errno.EIO, getattr(errno, "EDQUOT", errno.ENOSPC),
+    )  # fmt: skip
+
+
+def _result_not_printed(exc: OSError, args: argparse.Namespace | None) -> int:
+    """The command's result could not be written to stdout (a closed pipe, a full device): say
+    so and where the run is saved; exit 0 for a closed pipe (``metaspo show RUN | head``), else 2."""
+    with contextlib.suppress(OSError, ValueError):  # what is still buffered goes nowhere at exit
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    if isinstance(exc, BrokenPipeError):
+        return 0
+    where = run_dir_of(args)
+    saved = f"; the run is saved in {where}" if where is not None else ""
+    _error(f"could not write the result to stdout ({exc.strerror or exc}){saved}")
+    return 2
 
 
 def _run(argv: list[str], parsed: list[argparse.Namespace]) -> int:
@@ -94,9 +169,9 @@ def _run(argv: list[str], parsed: list[argparse.Namespace]) -> int:
     setup_logging(args.verbose)
     try:
         return args.handler(args)
-    except KeyboardInterrupt:
-        _error(f"interrupted{_resume_hint(args, '; ')}", prefix="")
-        return 130
+    except KeyboardInterrupt as exc:
+        _error(f"{_interruption(exc)}{_resume_hint(args, '; ')}", prefix="")
+        return _interrupted_code(exc)
     except (MetaSPOError, EmbeddedModelUnavailable) as exc:  # bad input, or the [embedded] extra missing
         _error(str(exc))
         return 2
