@@ -4,7 +4,10 @@
   several user prompts that were never optimized against it: per task, the mean (and spread) over
   ``num_user_prompts`` prompts of the test score. Prompts are given, read from ``prompts_dir``, or
   generated once with APE (one optimizer call each, from 10 random train pairs plus the task's
-  prompt suffix) and stored there for reuse by every method.
+  prompt suffix) and stored there for reuse by every method. With ``journal_dir`` every finished
+  program run and APE proposal is journaled there as it completes (``evaluations.jsonl``,
+  ``proposals.jsonl``, as in a training run directory) and read back: a rerun -- after a kill, or
+  of the same command -- asks nothing already answered.
 * :func:`test_time_adaptation` runs ProTeGi (or any DSPy teleprompter: ``optimizer=``) on one task's
   user prompt with the system prompt fixed and reports, per round, the train and test scores of
   the prompts kept.
@@ -36,18 +39,31 @@ from metaspo_dspy.program.adapters import make_adapter
 from metaspo_dspy.program.system_prompt import SystemPrompt, WithSystemPrompt, as_system_prompt, unwrap
 from metaspo_dspy.seeding import rng_for
 from metaspo_dspy.store.io import atomic_write_json
+from metaspo_dspy.store.journal import Journal
+from metaspo_dspy.store.run_dir import evaluation_problem, proposal_problem
+
+#: The journals of :func:`unseen_generalization`'s ``journal_dir`` (the names a run directory uses).
+EVALUATIONS_JOURNAL = "evaluations.jsonl"
+PROPOSALS_JOURNAL = "proposals.jsonl"
 
 
 def generate_user_prompts(
-    task: Any, optimizer_lm: Any, num: int = 10, seed: int = 42, num_pairs: int = 10, adapter: Any = None
+    task: Any,
+    optimizer_lm: Any,
+    num: int = 10,
+    seed: int = 42,
+    num_pairs: int = 10,
+    adapter: Any = None,
+    journal: Journal | None = None,
 ) -> list[str]:
     """``num`` APE user prompts for ``task`` (one optimizer call each); an unusable proposal (failed,
     discarded -- an echo, say --, or a repeat) is retried with new samples, up to ``max(3 * num, num +
     5)`` calls, then :class:`~metaspo_dspy.errors.TooManyFailures` says how many were made and
     why the others were discarded. An ``optimizer_lm`` that is not a ``dspy.BaseLM`` is a
-    :class:`ConfigError` before any call."""
+    :class:`ConfigError` before any call. ``journal``: where each finished proposal is kept and read
+    back (a proposal already there is not asked again); None: in memory."""
     check_lms(optimizer_lm=optimizer_lm)
-    proposer = Proposer(optimizer_lm, make_adapter(adapter), seed)
+    proposer = Proposer(optimizer_lm, make_adapter(adapter), seed, journal=journal)
     train = check_examples(task.name, task.train, "train")
     prompts: list[str] = []
     reasons: list[str] = []
@@ -89,13 +105,14 @@ def _prompts_for(
     optimizer_lm: Any,
     seed: int,
     adapter: Any,
+    journal: Journal | None = None,
 ) -> list[str]:
     if given is not None and task.name in given:
         prompts = list(given[task.name])[:num]
     elif prompts_dir is not None and (prompts_dir / f"{task.name}.json").exists():
         prompts = json.loads((prompts_dir / f"{task.name}.json").read_text(encoding="utf-8"))[:num]
     elif optimizer_lm is not None:
-        prompts = generate_user_prompts(task, optimizer_lm, num, seed, adapter=adapter)
+        prompts = generate_user_prompts(task, optimizer_lm, num, seed, adapter=adapter, journal=journal)
         if prompts_dir is not None:
             atomic_write_json(prompts_dir / f"{task.name}.json", prompts)
     else:
@@ -123,9 +140,13 @@ def unseen_generalization(
     seed: int = 42,
     progress: bool = True,
     num_processes: int = 1,
+    journal_dir: str | Path | None = None,
 ) -> dict[str, Any]:
     """Score ``system_prompt`` on unseen ``tasks`` with never-optimized user prompts (test split).
-    ``num_processes`` > 1 runs the grid in worker processes, as in :class:`MetaSPO`.
+    ``num_processes`` > 1 runs the grid in worker processes, as in :class:`MetaSPO`. With
+    ``journal_dir`` each finished program run and APE proposal is journaled there as it completes
+    and read back, so a rerun (after a kill, or of the same call) asks nothing already answered
+    (journaled failures are asked again); the caller keeps other processes off the folder meanwhile.
 
     Returns ``{"system_prompt", "average", "tasks": {name: {"mean", "stdev", "scores",
     "user_prompts", "failures", "parsed"}}, "task_lm_calls"}``; ``average`` is the mean of the task
@@ -158,50 +179,78 @@ def unseen_generalization(
     for run in runs:
         if len(run.predictor_names) != 1:
             raise ConfigError(f"task {run.name!r}: unseen user prompts need a single-predictor program")
-    jobs, owners = [], []
-    for task, run in zip(tasks, runs, strict=True):
-        prompts = _prompts_for(task, user_prompts, folder, num_user_prompts, optimizer_lm, seed, optimizer_adapter)
-        for prompt in prompts:
-            jobs.append(
-                EvalJob(
-                    task.name,
-                    run.prepared({run.predictor_names[0]: prompt}),
-                    system_prompt.text,
-                    system_prompt.instructions_in,
-                    run.testset,
-                    task.metric,
-                )
+    evaluations, proposals = _journals(journal_dir)
+    try:
+        jobs, owners = [], []
+        for task, run in zip(tasks, runs, strict=True):
+            prompts = _prompts_for(
+                task, user_prompts, folder, num_user_prompts, optimizer_lm, seed, optimizer_adapter, proposals
             )
-            owners.append((task.name, prompt))
-    results = _evaluate(jobs, "unseen generalization", task_lm, adapter, num_threads, progress, num_processes)
-    per_task: dict[str, dict[str, Any]] = {}
-    for (name, prompt), result in zip(owners, results, strict=True):
-        entry = per_task.setdefault(
-            name, {"scores": [], "user_prompts": [], "failures": 0, "parsed": {"parsed": 0, "answers": 0}}
+            for prompt in prompts:
+                jobs.append(
+                    EvalJob(
+                        task.name,
+                        run.prepared({run.predictor_names[0]: prompt}),
+                        system_prompt.text,
+                        system_prompt.instructions_in,
+                        run.testset,
+                        task.metric,
+                    )
+                )
+                owners.append((task.name, prompt))
+        results = _evaluate(
+            jobs, "unseen generalization", task_lm, adapter, num_threads, progress, num_processes, evaluations
         )
-        entry["scores"].append(result.score)
-        entry["user_prompts"].append(prompt)
-        entry["failures"] += result.failures
-        parsed, answers = result.parsed_counts
-        entry["parsed"]["parsed"] += parsed
-        entry["parsed"]["answers"] += answers
-    for entry in per_task.values():
-        entry["mean"] = statistics.fmean(entry["scores"])
-        entry["stdev"] = statistics.stdev(entry["scores"]) if len(entry["scores"]) > 1 else 0.0
-    return {
-        "system_prompt": system_prompt.text,
-        "average": statistics.fmean(e["mean"] for e in per_task.values()),
-        "tasks": per_task,
-        "task_lm_calls": sum(r.lm_calls for r in results),
-    }
+        per_task: dict[str, dict[str, Any]] = {}
+        for (name, prompt), result in zip(owners, results, strict=True):
+            entry = per_task.setdefault(
+                name, {"scores": [], "user_prompts": [], "failures": 0, "parsed": {"parsed": 0, "answers": 0}}
+            )
+            entry["scores"].append(result.score)
+            entry["user_prompts"].append(prompt)
+            entry["failures"] += result.failures
+            parsed, answers = result.parsed_counts
+            entry["parsed"]["parsed"] += parsed
+            entry["parsed"]["answers"] += answers
+        for entry in per_task.values():
+            entry["mean"] = statistics.fmean(entry["scores"])
+            entry["stdev"] = statistics.stdev(entry["scores"]) if len(entry["scores"]) > 1 else 0.0
+        return {
+            "system_prompt": system_prompt.text,
+            "average": statistics.fmean(e["mean"] for e in per_task.values()),
+            "tasks": per_task,
+            "task_lm_calls": sum(r.lm_calls for r in results),
+        }
+    finally:
+        evaluations.close()
+        proposals.close()
+
+
+def _journals(folder: str | Path | None) -> tuple[Journal, Journal]:
+    """The evaluations and proposals journals in ``folder`` (in memory without one)."""
+    if folder is None:
+        return Journal(None, check=evaluation_problem), Journal(None, check=proposal_problem)
+    folder = Path(folder)
+    return (
+        Journal(folder / EVALUATIONS_JOURNAL, check=evaluation_problem),
+        Journal(folder / PROPOSALS_JOURNAL, check=proposal_problem),
+    )
 
 
 def _evaluate(
-    jobs: list[EvalJob], desc: str, task_lm: Any, adapter: Any, num_threads: int, progress: bool, num_processes: int
+    jobs: list[EvalJob],
+    desc: str,
+    task_lm: Any,
+    adapter: Any,
+    num_threads: int,
+    progress: bool,
+    num_processes: int,
+    journal: Journal | None = None,
 ) -> list[Any]:
-    """One evaluation grid on its own evaluator, whose worker processes (if any) are stopped after;
-    a grid that cannot travel to them is a :class:`ConfigError`."""
-    evaluator = GridEvaluator(task_lm, adapter, num_threads, progress, num_processes=num_processes)
+    """One evaluation grid on its own evaluator (its finished program runs kept in ``journal``),
+    whose worker processes (if any) are stopped after; a grid that cannot travel to them is a
+    :class:`ConfigError`."""
+    evaluator = GridEvaluator(task_lm, adapter, num_threads, progress, journal=journal, num_processes=num_processes)
     try:
         return evaluator.evaluate(jobs, desc=desc)
     except ProcessError as exc:

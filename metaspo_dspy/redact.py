@@ -12,7 +12,9 @@ What is redacted:
   variables named by ``api_key_env`` and LiteLLM's standard ones (``OPENAI_API_KEY``, ...);
 * every value passed to :func:`register_secret` (e.g. a key read from a variable with another
   name);
-* ``Bearer <token>`` and OpenAI/Anthropic-style ``sk-...`` tokens, wherever they appear.
+* ``Bearer <token>`` and OpenAI/Anthropic-style ``sk-...`` tokens, wherever they appear;
+* the credentials of a URL (``http://user:password@host/v1`` -> ``http://[REDACTED]@host/v1``), e.g. an
+  ``api_base`` with a user and password in it, wherever it is printed or logged.
 
 The environment is read on every call, so keys exported after import are covered too.
 """
@@ -31,6 +33,9 @@ _CREDENTIAL_NAME = re.compile(r"KEY|TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIAL", re
 _TOKEN_PATTERNS = (
     re.compile(r"(?i)(bearer\s+)[A-Za-z0-9._~+/=-]{4,}"),
     re.compile(r"\bsk-[A-Za-z0-9_-]{8,}"),
+    # A URL's user information (up to the last '@' before the path, so an unescaped '@' in a password
+    # is covered too); the scheme is kept.
+    re.compile(r"(?i)(\b[a-z][a-z0-9+.-]*://)[^/?#\s\"'<>]+(?=@)"),
 )
 _registered: set[str] = set()
 _lock = threading.Lock()

@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -21,7 +22,8 @@ SMALL = ["--iterations", "1", "--system-candidates", "2", "--user-candidates", "
 def metaspo(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None, timeout: int = 300):
     """Run ``python -m metaspo_dspy.cli ...`` with a clean environment (no API keys)."""
     base = {k: v for k, v in os.environ.items() if not k.endswith("_API_KEY")}
-    base.update({"DSPY_CACHEDIR": str((cwd or REPO) / ".dspy_cache_test")})
+    cache = cwd / ".dspy_cache_test" if cwd else Path(tempfile.gettempdir()) / "metaspo-dspy-test-cache"
+    base.update({"DSPY_CACHEDIR": str(cache)})  # never a folder in the repository
     base.update(env or {})
     return subprocess.run(
         [sys.executable, "-m", "metaspo_dspy.cli", *args],
@@ -147,13 +149,13 @@ def test_test_time_adaptation_from_the_cli(gold_file, tmp_path):
         "--test-size",
         "6",
         "--log-dir",
-        str(tmp_path),
+        str(tmp_path / "tta"),  # tmp_path holds the gold file: a log dir must be new, empty or a test's
         "--quiet",
         env=env,
         cwd=tmp_path,
     )
     assert result.returncode == 0, result.stderr
-    data = json.loads((tmp_path / "tta_results.json").read_text())
+    data = json.loads((tmp_path / "tta" / "tta_results.json").read_text())
     rounds = data["results"]["default"]["dental"]["rounds"]
     assert [r["round"] for r in rounds] == [0, 1]
     assert "round 0" in result.stdout

@@ -223,3 +223,46 @@ def test_repeated_config_and_set_options_accumulate(tmp_path):
     config = config_from_args(args)
     assert config.task_lm.api_base == "http://localhost:8000/v1" and config.task_lm.model == "openai/m"
     assert config.seed == 8 and config.search.num_iterations == 2 and config.tasks.source[0] == "beauty"
+
+
+def test_typed_values_are_never_parsed_and_keep_any_unicode():
+    """``values=`` (the CLI's flags, --resume's recorded settings) reach the config as given: characters outside
+    the BMP stay themselves (no ``\\ud83d`` escape turned into lone surrogates by YAML), text that YAML would
+    read as a number or a date stays text, and they apply after ``overrides``."""
+    prompt, data_dir = "Be brief 😀 𝒜 ⟨x⟩.", "/tmp/data😀/𝒜"
+    config = load_config(
+        "medical",
+        overrides=["data.data_dir=elsewhere", "seed=3"],
+        values={"initial_system_prompt": prompt, "data.data_dir": data_dir, "task_lm.model": "1e3"},
+    )
+    assert config.initial_system_prompt == prompt and config.data.data_dir == data_dir
+    assert config.task_lm.model == "1e3" and config.seed == 3
+    assert config.sources[-1] == "<overrides>"
+    with pytest.raises(ConfigError, match=r"^run/config\.json: key 'seed' must be an integer"):
+        load_config("medical", values={"seed": "x"}, values_origin="run/config.json")
+    # YAML reads an escaped pair as two surrogates: they are joined into the character they stand for
+    escaped = load_config("medical", overrides=['initial_system_prompt="Hi \\ud83d\\ude00"'])
+    assert escaped.initial_system_prompt == "Hi 😀"
+
+
+@pytest.mark.parametrize(
+    ("overrides", "values", "needle"),
+    [
+        (["task_lm=3"], None, r"key 'task_lm' must be a mapping of settings .*task_lm\.model=\.\.\."),
+        (["task_lm=3", "task_lm.model=x"], None, r"key 'task_lm' is given the value 3 and also 'task_lm\.model'"),
+        (["task_lm.model=x", "task_lm=3"], None, r"key 'task_lm' must be a mapping"),
+        (["task_lm=3"], {"task_lm.model": "x"}, r"key 'task_lm' must be a mapping"),
+        (["search=1"], None, r"key 'search' must be a mapping of settings"),
+        (["data.train_size=[1]"], None, r"key 'data\.train_size' must be an integer, got \[1\]"),
+        (["tasks.source.x=1"], None, r"key 'tasks\.source' must be a list of strings"),
+        (["method.x=1"], None, r"key 'method' must be a string"),
+        (None, {"seed": {"a": 1}}, r"unknown key 'seed\.a'|key 'seed' must be an integer"),
+        (None, {"data.data_dir": "bad\udcff"}, r"key 'data\.data_dir' holds text that is not valid Unicode"),
+        (None, {"initial_system_prompt": "\x00"}, r"key 'initial_system_prompt' has no visible text"),
+        (None, {"initial_system_prompt": " \n"}, r"key 'initial_system_prompt' is empty"),
+    ],
+)
+def test_a_section_given_a_scalar_and_other_mixups_are_config_errors(overrides, values, needle):
+    """No TypeError (a "(a bug)" line in the CLI) for a section given a value, or a value given keys."""
+    with pytest.raises(ConfigError, match=needle):
+        load_config("medical", overrides=overrides, values=values)

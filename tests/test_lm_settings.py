@@ -293,3 +293,50 @@ def test_adapter_for():
     assert adapter_for("openai/gpt-4o-mini") is None
     assert is_embedded(dspy.LM(EMBEDDED_MODEL))
     assert not is_embedded("metaspo-fake/x")
+
+
+# -- timeouts and Retry-After (issue 25) ------------------------------------------------------------
+def test_every_network_lm_gets_a_finite_default_timeout(monkeypatch):
+    from metaspo_dspy.lm.settings import OPTIMIZER_TIMEOUT, TASK_TIMEOUT
+
+    monkeypatch.setenv("ANTHROPIC_API_KEY", SECRET)
+    base = "http://localhost:8000/v1"
+    assert TASK_TIMEOUT == 120 and OPTIMIZER_TIMEOUT == 300
+    assert native_settings(build_lm(LMSettings.for_task("openai/x", api_base=base)))["timeout"] == TASK_TIMEOUT
+    assert native_settings(build_lm(LMSettings.for_optimizer("openai/x", api_base=base)))["timeout"] == 300
+    assert build_lm(LMSettings("anthropic/claude-3-5-haiku-latest")).kwargs["timeout"] == TASK_TIMEOUT  # LiteLLM
+    # the user's own timeout wins, on every engine and role
+    mine = {"timeout": 7}
+    assert native_settings(build_lm(LMSettings.for_optimizer("openai/x", api_base=base, extra=mine)))["timeout"] == 7
+    assert build_lm(LMSettings("openai/x", api_base=base, engine="litellm", extra=mine)).kwargs["timeout"] == 7
+    # in-process models have none (the embedded model's first call loads it)
+    assert "timeout" not in build_lm(LMSettings.for_optimizer("metaspo-fake/x")).kwargs
+    assert "timeout" not in LMSettings.for_optimizer("metaspo-fake/x").extra
+
+
+def test_max_retry_after_is_a_setting_of_the_native_engine():
+    base = "http://localhost:8000/v1"
+    assert native_settings(build_lm(LMSettings("openai/x", api_base=base, max_retry_after=5)))["max_retry_after"] == 5
+    assert native_settings(build_lm(LMSettings("openai/x", api_base=base)))["max_retry_after"] == 60
+    assert LMSettings.from_dict(LMSettings("openai/x", max_retry_after=None).to_dict()).max_retry_after is None
+    for bad in (-1, "soon", float("inf")):
+        with pytest.raises(ModelConfigError, match="max_retry_after"):
+            LMSettings("openai/x", max_retry_after=bad)
+    with pytest.raises(ModelConfigError, match="max_retry_after"):
+        LMSettings("openai/x", extra={"max_retry_after": 5})
+
+
+def test_native_engine_caps_and_announces_a_long_retry_after(caplog):
+    from dspy import lm15
+
+    engine = NativeEngine("openai/x", api_base="http://alice:pw@localhost:8000/v1", max_retry_after=30)
+    for asked, waited in ((120.0, 30.0), (20.0, 20.0), (3.0, 3.0)):
+        error = lm15.RateLimitError("slow down", retry_after=asked)
+        with caplog.at_level("WARNING", logger="metaspo_dspy.lm.native"):
+            engine._announced = float("-inf")
+            engine._cap_retry_after(error)
+        assert error.retry_after == waited
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines[0].endswith("asked to wait 120 s (Retry-After); capped at 30 s (max_retry_after) before any retry")
+    assert lines[1].endswith("asked to wait 20 s (Retry-After) before any retry") and len(lines) == 2
+    assert all("alice:pw" not in line and "[REDACTED]@localhost" in line for line in lines)

@@ -8,6 +8,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 KEY = "sk-test-Zq81-NEVER-WRITE-THIS-9f3c"
 
 
@@ -52,3 +54,47 @@ def test_api_key_appears_in_no_file_log_or_cache(tmp_path, fetched_cache):
     # The config records where the key comes from, never the key.
     run = json.loads((tmp_path / "run" / "config.json").read_text())
     assert run["task_lm"]["api_key_env"] == "METASPO_TEST_KEY"
+
+
+# -- credentials in a URL (issue 25): redacted like keys, wherever a line is printed or logged -----
+@pytest.mark.parametrize(
+    ("text", "shown", "hidden"),
+    [
+        ("http://user:pw@host/v1", "http://[REDACTED]@host/v1", "user:pw"),
+        ("error at http://alice:s3cret@10.0.0.1:8000/v1: refused", "http://[REDACTED]@10.0.0.1:8000/v1", "s3cret"),
+        ("'https://tok-123@api.example.com/v1'", "https://[REDACTED]@api.example.com/v1", "tok-123"),
+        ("http://u:p@ss@host/v1 (an unescaped @ in the password)", "http://[REDACTED]@host/v1", "ss@"),
+        ("http://u:p%40ss@host:1/v1", "http://[REDACTED]@host:1/v1", "p%40ss"),
+    ],
+)
+def test_url_credentials_are_redacted(text, shown, hidden):
+    from metaspo_dspy.redact import redact
+
+    assert shown in redact(text) and hidden not in redact(text)
+    assert redact(redact(text)) == redact(text)
+
+
+@pytest.mark.parametrize(
+    "text", ["http://host:8000/v1", "see http://host/v1?x=a@b", "mailto:a@b.com", "write to a@b.com", "10:30@noon"]
+)
+def test_text_without_url_credentials_is_kept(text):
+    from metaspo_dspy.redact import redact
+
+    assert redact(text) == text
+
+
+def test_the_password_of_an_api_base_is_redacted_alone_and_as_basic_auth():
+    """A server may echo the HTTP basic authentication LiteLLM's client makes from the URL."""
+    import base64
+
+    from metaspo_dspy.lm import LMSettings, build_lm
+    from metaspo_dspy.lm.native import native_settings
+    from metaspo_dspy.redact import redact
+
+    lm = build_lm(LMSettings("openai/mock", api_base="http://alice:Pa55-word-xyz@127.0.0.1:9/v1"))
+    basic = base64.b64encode(b"alice:Pa55-word-xyz").decode()
+    assert redact(f"connect to alice:Pa55-word-xyz@127.0.0.1 (Authorization: Basic {basic})") == (
+        "connect to alice:[REDACTED]@127.0.0.1 (Authorization: Basic [REDACTED])"
+    )
+    # DSPy's own client would take the credentials for part of the host name: auto uses LiteLLM's
+    assert native_settings(lm) is None and lm.engine == "litellm"

@@ -168,6 +168,8 @@ def _run(argv: list[str], parsed: list[argparse.Namespace]) -> int:
         return 2
     setup_logging(args.verbose)
     try:
+        if args.command in MODEL_COMMANDS:
+            _bound_open_files()
         return args.handler(args)
     except KeyboardInterrupt as exc:
         _error(f"{_interruption(exc)}{_resume_hint(args, '; ')}", prefix="")
@@ -188,6 +190,30 @@ def _run(argv: list[str], parsed: list[argparse.Namespace]) -> int:
         return 2
 
 
+#: The commands that call models: before them the open-file limit is raised and DSPy's disk cache
+#: opens its files once instead of once per thread (:mod:`metaspo_dspy.lm.open_files`).
+MODEL_COMMANDS = ("train", "test", "compare")
+
+
+def _bound_open_files() -> None:
+    """Raise the soft open-file limit to the hard one (a limit below 128 even then is one
+    ``error:`` line naming ``ulimit -n``) and replace a stock DSPy disk cache (same
+    directory; the size limit read from ``DSPY_CACHE_LIMIT`` as DSPy reads it) by one that holds
+    its files once, whatever the threads. A cache set up otherwise (memory only, the user's own)
+    is kept."""
+    import dspy
+
+    from metaspo_dspy.lm.open_files import SerialDiskCache, configure_bounded_cache, require_open_files
+
+    require_open_files()
+    cache = dspy.cache
+    if getattr(cache, "enable_disk_cache", False) and not isinstance(cache, SerialDiskCache):
+        configure_bounded_cache(
+            enable_memory_cache=cache.enable_memory_cache,
+            disk_cache_dir=cache.disk_cache_dir,
+        )
+
+
 def _error(message: str, prefix: str = "error: ") -> None:
     print(redact(f"{prefix}{message}"), file=sys.stderr, flush=True)
 
@@ -206,21 +232,27 @@ def run_dir_of(args: argparse.Namespace | None) -> Path | None:
     candidates = [last_opened()]
     if args is not None:
         candidates += [getattr(args, "resume", None), getattr(args, "log_dir", None)]
-    return next((Path(c) for c in candidates if c is not None and Path(c).is_dir()), None)
+    # os.path: Path.is_dir raises for an overlong name (ENAMETOOLONG) on Python 3.11
+    return next((Path(c) for c in candidates if c is not None and os.path.isdir(c)), None)
 
 
 def _resume_hint(args: argparse.Namespace, sep: str) -> str:
-    """How to go on after ``metaspo train`` or ``compare`` stopped: resume once ``run.json`` (or
-    ``compare.json``) exists, else start again."""
+    """How to go on after ``metaspo train``, ``compare`` or ``test`` stopped: resume once
+    ``run.json`` (or ``compare.json``) exists, else start again; ``test`` reruns with its journals."""
     if args.command == "compare":
         log_dir = getattr(args, "resume", None) or getattr(args, "log_dir", None)
-        if log_dir is not None and (Path(log_dir) / "compare.json").is_file():
+        if log_dir is not None and os.path.isfile(Path(log_dir) / "compare.json"):
             return f"{sep}finished sub-runs are kept: metaspo compare --resume {log_dir}"
+        return ""
+    if args.command == "test":
+        log_dir = getattr(args, "log_dir", None)
+        if log_dir is not None and getattr(args, "analysis", None) == "unseen" and os.path.isdir(log_dir):
+            return f"{sep}rerun the same command (--log-dir {log_dir}): journaled answers are not asked again"
         return ""
     if args.command != "train":
         return ""
     where = run_dir_of(args)
-    if where is not None and (where / "run.json").is_file():
+    if where is not None and os.path.isfile(where / "run.json"):
         return f"{sep}the run is resumable: metaspo train --resume {where}"
     return f"{sep}the run had not started yet (no run.json), so there is nothing to resume: run the same command again"
 
@@ -244,7 +276,7 @@ def _unparsed_fix(args: argparse.Namespace, argv: list[str]) -> str:
         rerun = f"rerun with DSPy's format in a new folder: `metaspo {command} --prompt-format dspy --log-dir NEW_DIR`"
     else:
         rerun = f"rerun with DSPy's format: `metaspo {command} --prompt-format dspy`"
-    if args.command == "compare" or where is None or not (where / "run.json").is_file():
+    if args.command == "compare" or where is None or not os.path.isfile(where / "run.json"):
         return rerun
     return f"{rerun}; or search anyway: `metaspo train --resume {where} --allow-unparsed`"
 

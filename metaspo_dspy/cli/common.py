@@ -9,9 +9,11 @@ from pathlib import Path
 from typing import Any
 
 from metaspo_dspy.config import RunConfig, load_config
-from metaspo_dspy.errors import ConfigError
+from metaspo_dspy.errors import ConfigError, NotUtf8Error
 from metaspo_dspy.presets import PRESETS
 from metaspo_dspy.program.system_prompt import SystemPrompt
+from metaspo_dspy.store.io import path_error, read_text, shown
+from metaspo_dspy.store.run_dir import finished_run
 
 #: CLI flag -> config key, for the flags that override a config value.
 FLAG_KEYS = {
@@ -125,7 +127,12 @@ def add_common_flags(group: argparse.ArgumentParser | argparse._ArgumentGroup) -
 def config_from_args(
     args: argparse.Namespace, require_tasks: bool = True, extra: dict[str, Any] | None = None
 ) -> RunConfig:
-    """Merge base.yaml, the given configs, ``--set``, the flags and ``extra`` into one validated config."""
+    """Merge base.yaml, the given configs, ``--set``, the flags and ``extra`` into one validated config.
+
+    ``--set`` values are parsed as YAML; the flags and ``extra`` are passed as typed values
+    (``load_config(values=...)``), never through text, so any Unicode in them (an emoji in a path,
+    a prompt read from a file) reaches the config unchanged.
+    """
     overrides: dict[str, Any] = dict(extra or {})
     for item in args.set:
         if "=" not in item:
@@ -137,11 +144,7 @@ def config_from_args(
     if getattr(args, "engine", None):
         overrides["task_lm.engine"] = overrides["optimizer_lm.engine"] = args.engine
     layers = ["base", *args.config]
-    return load_config(
-        *layers,
-        overrides=[*args.set, *(f"{k}={json.dumps(v)}" for k, v in overrides.items())],
-        require_tasks=require_tasks,
-    )
+    return load_config(*layers, overrides=list(args.set), values=overrides, require_tasks=require_tasks)
 
 
 def config_tasks(config: RunConfig, names) -> list:
@@ -160,16 +163,19 @@ def config_tasks(config: RunConfig, names) -> list:
 
 
 def resolve_system_prompt(spec: str) -> tuple[str, SystemPrompt]:
-    """A system prompt from a preset name, a run directory, or a file; returns (label, prompt)."""
+    """A system prompt from a preset name, a run directory, or a file; returns (label, prompt).
+
+    A run directory gives its optimized system prompt and says on stderr which one (file, phase,
+    meta-score): a finished run's ``program.json``; for a run stopped by its budget or unfinished
+    (no complete ``metaspo_run.json``: interrupted, or still running) the best prompt so far, from
+    whichever of ``metaspo_run.json`` and ``checkpoint.json`` got further, with a warning that the
+    run is not finished and how to finish it."""
     if spec in PRESETS:
         return spec, SystemPrompt(PRESETS[spec])
     path = Path(spec)
     try:
         if path.is_dir():
-            for name in ("program.json", "metaspo_run.json", "checkpoint.json"):
-                if (path / name).exists():
-                    return f"{path.name or spec}", SystemPrompt.load(path / name)
-            raise ConfigError(f"{path} holds no MetaSPO run (no program.json / metaspo_run.json / checkpoint.json)")
+            return f"{path.name or spec}", _run_dir_prompt(path)
         if not path.exists():
             raise ConfigError(
                 f"system prompt {spec!r} is neither a preset ({', '.join(sorted(PRESETS))}) nor an existing file "
@@ -180,6 +186,82 @@ def resolve_system_prompt(spec: str) -> tuple[str, SystemPrompt]:
         raise
     except ValueError as exc:  # SystemPrompt.load: empty, unreadable or unrecognised file
         raise ConfigError(str(exc)) from None
+    except OSError as exc:  # Path.is_dir/exists raise for an overlong name on Python 3.11
+        raise ConfigError(f"cannot read system prompt {shown(spec)}: {path_error(exc, spec)}") from None
+
+
+def _run_dir_prompt(path: Path) -> SystemPrompt:
+    """:func:`resolve_system_prompt` for a run directory (see there); ``ValueError`` for a folder
+    that holds no run or an unreadable file."""
+    finished = finished_run(path)
+    if finished is not None:
+        name = "program.json" if (path / "program.json").is_file() else "metaspo_run.json"
+        prompt = SystemPrompt.load(path / name)
+        say(f"  system prompt {path}: the optimized one of this finished run, {name} ({_where(finished)})")
+        return prompt
+    found = []
+    for name in ("metaspo_run.json", "checkpoint.json"):
+        try:
+            data = json.loads((path / name).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if isinstance(data, dict) and isinstance(data.get("optimized_system_prompt"), str):
+            found.append((len(data.get("steps") or []), name, data))
+    if not found:
+        if (path / "program.json").is_file():  # a program saved by hand (MetaSPOProgram.save)
+            return SystemPrompt.load(path / "program.json")
+        raise ConfigError(f"{path} holds no MetaSPO run (no program.json / metaspo_run.json / checkpoint.json)")
+    _, name, data = max(found, key=lambda item: item[0])  # further along; a tie: metaspo_run.json
+    placement = (data.get("settings") or {}).get("instructions_in") or "user"
+    prompt = SystemPrompt(data["optimized_system_prompt"], placement if placement in ("user", "system") else "user")
+    if not prompt.text.strip():
+        raise ConfigError(f"the system prompt in {path / name} is empty")
+    state = f"was stopped by its budget ({data['stopped']})" if data.get("stopped") else "is unfinished"
+    say(
+        f"warning: {path} {state}: using its best system prompt so far, from {name} ({_where(data)}); "
+        f"`metaspo train --resume {path}` finishes it"
+    )
+    return prompt
+
+
+def _where(artifact: dict[str, Any]) -> str:
+    """Where a run's artifact stands: its last phase, best nodes and meta-score."""
+    steps = artifact.get("steps") or [{}]
+    last = steps[-1] if isinstance(steps[-1], dict) else {}
+    phase = last.get("phase", "?")
+    iteration = last.get("iteration")
+    at = f"after the {phase} phase" + (f" of iteration {iteration + 1}" if isinstance(iteration, int) else "")
+    nodes = [str(t.get("best_node")) for t in (artifact.get("tasks") or {}).values() if isinstance(t, dict)]
+    score = artifact.get("meta_score")
+    shown = f"{score:.3f}" if isinstance(score, (int, float)) else "unknown"
+    return f"{at}; best node{'s' if len(nodes) != 1 else ''} {', '.join(nodes) or '-'}; meta-score {shown}"
+
+
+#: The largest settings file a ``--resume`` reads (``config.json``, ``compare.json``).
+RECORDED_MAX_BYTES = 16 * 1024 * 1024
+
+
+def read_recorded(folder: Path, name: str, made_by: str) -> dict[str, Any]:
+    """The mapping in ``folder/name``, the settings a command recorded for ``--resume``: a
+    :class:`ConfigError` naming the file and the fix when it is missing (``made_by``: the command
+    that writes it), unreadable, not a regular file, too large, not JSON or not a mapping."""
+    saved = folder / name
+    where = f"cannot resume {shown(folder)}"
+    damaged = "it was damaged -- restore it, or start a new run in another folder"
+    try:
+        data = json.loads(read_text(saved, RECORDED_MAX_BYTES))
+    except (FileNotFoundError, NotADirectoryError):
+        raise ConfigError(f"nothing to resume in {shown(folder)}: no {name} (was it made by `{made_by}`?)") from None
+    except OSError as exc:
+        raise ConfigError(f"{where}: cannot read {shown(saved)}: {path_error(exc, saved)}") from None
+    except NotUtf8Error as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+    except ValueError as exc:
+        raise ConfigError(f"{where}: {shown(saved)} is not valid JSON ({exc}); {damaged}") from None
+    if not isinstance(data, dict):
+        got = type(data).__name__
+        raise ConfigError(f"{where}: {shown(saved)} must hold a mapping of settings, got {got}; {damaged}")
+    return data
 
 
 def say(*parts: Any) -> None:

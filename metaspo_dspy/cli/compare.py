@@ -21,15 +21,17 @@ from pathlib import Path
 from typing import Any
 
 from metaspo_dspy.cli import evaluate, train
-from metaspo_dspy.cli.common import add_config_arguments, config_from_args, config_tasks, say
+from metaspo_dspy.cli.common import add_config_arguments, config_from_args, config_tasks, read_recorded, say
 from metaspo_dspy.cli.models import add_preflight_argument, build_models, check_models, names_embedded
 from metaspo_dspy.config import TRAIN_METHODS
 from metaspo_dspy.errors import ConfigError, RunDirError
 from metaspo_dspy.optimize.estimate import estimate_tokens_and_cost
 from metaspo_dspy.presets import PRESETS
+from metaspo_dspy.program.adapters import make_adapter
 from metaspo_dspy.program.system_prompt import SystemPrompt
 from metaspo_dspy.report import compare_table
-from metaspo_dspy.store.io import atomic_write_json, atomic_write_text
+from metaspo_dspy.store.io import atomic_write_json, atomic_write_text, shown
+from metaspo_dspy.store.run_dir import check_new_log_dir
 
 HELP = "train methods over seeds and compare them with the presets on unseen tasks (one table)"
 DESCRIPTION = """\
@@ -106,12 +108,7 @@ def _resolve_args(args: argparse.Namespace) -> tuple[argparse.Namespace, Path]:
         if given:
             names = ", ".join("--" + k.replace("_", "-") for k in given)
             raise ConfigError(f"--resume uses the compare's recorded settings; drop {names} (only --threads/--quiet)")
-        saved = args.resume / "compare.json"
-        if not saved.is_file():
-            raise ConfigError(
-                f"nothing to resume in {args.resume}: no compare.json (was it made by `metaspo compare`?)"
-            )
-        recorded = json.loads(saved.read_text(encoding="utf-8"))["settings"]
+        recorded = _recorded_settings(args.resume)
         for key, value in recorded.items():
             setattr(args, key, value)
         args.log_dir = args.resume  # the folder may have moved since
@@ -166,21 +163,49 @@ class Domain:
             setattr(layered, key, value)  # flags win over config files, as in `metaspo train`
         return config_from_args(layered, extra={"data.prompt_format": default_format(layered)})
 
+    def check(self) -> None:
+        """Every check of the trainings still to run that needs no model (their run directories
+        writable and not in use, recorded settings unchanged, the budget against the initial
+        evaluation): :func:`metaspo_dspy.cli.train.check`, each folder left as it was."""
+        for training in self.trainings.values():
+            if not (training.resume and (training.run_dir / "metaspo_run.json").is_file()):
+                train.check(training)
+
     def labels(self) -> list[str]:
         return [m for m in self.args.methods if m in PRESETS] + list(self.trainings)
 
     def estimate(self) -> dict[str, int]:
         """Upper bounds on the calls still to make (finished trainings and evaluations count zero)."""
         calls = {"task_lm": 0, "optimizer_lm": 0}
-        for training in self.trainings.values():
-            if not (training.run_dir / "metaspo_run.json").is_file():
-                calls["task_lm"] += training.estimate["task_lm"]
-                calls["optimizer_lm"] += training.estimate["optimizer_lm"]
-        todo = [label for label in self.labels() if not self.result_path(label).is_file()]
-        if self.args.analysis == "unseen":
-            per_prompt = self.config.meta_test.num_unseen_user_prompts * sum(len(t.test) for t in self.tasks)
-            calls["task_lm"] += per_prompt * len(todo)
+        for training in self._to_train():
+            calls["task_lm"] += training.estimate["task_lm"]
+            calls["optimizer_lm"] += training.estimate["optimizer_lm"]
+        calls["task_lm"] += self._evaluation_calls()
         return calls
+
+    def rough(self) -> dict[str, Any]:
+        """Rough tokens and cost of :meth:`estimate`'s calls, from the data's real lengths: each
+        training's (:func:`metaspo_dspy.cli.train.rough_cost`) and the evaluations' (unseen test sets)."""
+        parts = [train.rough_cost(training) for training in self._to_train()]
+        evaluations = self._evaluation_calls()
+        calls = {"task_lm_train": 0, "task_lm_test": evaluations, "task_lm": evaluations, "optimizer_lm": 0}
+        adapter = make_adapter(self.models.task_adapter)
+        models = self.models
+        parts.append(estimate_tokens_and_cost(calls, self.tasks, models.task_label, models.optimizer_label, adapter))
+        costs = [part["cost"] for part in parts if part["tokens"]]
+        return {
+            "tokens": sum(part["tokens"] for part in parts),
+            "cost": None if None in costs else sum(costs),
+        }
+
+    def _to_train(self) -> list[train.Training]:
+        return [t for t in self.trainings.values() if not (t.run_dir / "metaspo_run.json").is_file()]
+
+    def _evaluation_calls(self) -> int:
+        if self.args.analysis != "unseen":
+            return 0
+        todo = [label for label in self.labels() if not self.result_path(label).is_file()]
+        return self.config.meta_test.num_unseen_user_prompts * sum(len(t.test) for t in self.tasks) * len(todo)
 
     def result_path(self, label: str) -> Path:
         return self.root / "eval" / f"{self.args.analysis}-{label}.json"
@@ -191,7 +216,7 @@ class Domain:
                 say(f"{self.name}: {label} already trained ({training.run_dir})")
                 continue
             say(f"{self.name}: training {label}")
-            train.execute(training)
+            train.execute(training, preflight=False)  # the command's preflight came first
         results = {label: self._evaluate(label) for label in self.labels()}
         by_method = {m: [results[m]] if m in PRESETS else [] for m in self.args.methods}
         for label in self.trainings:
@@ -257,12 +282,25 @@ def _caveats(config, tasks) -> dict[str, list[str]]:
     return {t.name: [str(c) for c in caveats(t.name, availability(t.name, config.data.data_dir))] for t in tasks}
 
 
+def _recorded_settings(log_dir: Path) -> dict[str, Any]:
+    """The settings ``log_dir/compare.json`` records; a :class:`ConfigError` when it is damaged."""
+    recorded = read_recorded(log_dir, "compare.json", "metaspo compare").get("settings")
+    if not isinstance(recorded, dict):
+        raise ConfigError(
+            f"cannot resume {shown(log_dir)}: {shown(log_dir / 'compare.json')} holds no valid settings; it was "
+            "damaged -- restore it, or start a new compare in another folder"
+        )
+    return recorded
+
+
 def run(args: argparse.Namespace) -> int:
     args, log_dir = _resolve_args(args)
+    if args.resume is None:  # empty, or a compare of ours: never over the user's files
+        check_new_log_dir(log_dir, f"`metaspo compare --resume {shown(log_dir)}`", marker="compare.json")
     settings = _settings(args)
     saved = log_dir / "compare.json"
     if saved.is_file() and args.resume is None:
-        recorded = json.loads(saved.read_text(encoding="utf-8"))["settings"]
+        recorded = _recorded_settings(log_dir)
         differ = sorted(k for k in set(recorded) | set(settings) if recorded.get(k) != settings.get(k))
         if differ:
             raise RunDirError(
@@ -272,8 +310,6 @@ def run(args: argparse.Namespace) -> int:
     names = args.domains or [None]
     domains = [Domain(args, name, log_dir / name if name else log_dir) for name in names]  # checks, no call
     _announce(domains, args)
-    if args.preflight:
-        check_models(domains[0].models)
     try:
         log_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_json(saved, {"settings": settings})
@@ -281,6 +317,10 @@ def run(args: argparse.Namespace) -> int:
         raise RunDirError(
             f"cannot write to log dir {log_dir}: {exc.strerror or exc}; choose a writable folder"
         ) from None
+    for domain in domains:  # every check that needs no model, before the preflight's requests
+        domain.check()
+    if args.preflight:
+        check_models(domains[0].models)
     tables = [domain.run() for domain in domains]
     text = "\n".join(compare_table.markdown(t) for t in tables)
     atomic_write_text(log_dir / "compare.md", text)
@@ -303,8 +343,7 @@ def _announce(domains: list[Domain], args: argparse.Namespace) -> None:
     for domain in domains:
         calls = domain.estimate()
         total = {k: total[k] + calls[k] for k in total}
-        models = domain.models
-        rough = estimate_tokens_and_cost(calls, domain.tasks, models.task_label, models.optimizer_label)
+        rough = domain.rough()
         tokens += rough["tokens"]
         cost = None if cost is None or rough["cost"] is None else cost + rough["cost"]
         fmt = domain.config.data.prompt_format

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import statistics
 import time
+from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -19,9 +21,15 @@ from metaspo_dspy.cli.common import (
 )
 from metaspo_dspy.cli.models import add_preflight_argument, build_models, check_models
 from metaspo_dspy.errors import ConfigError, TaskLoadError
-from metaspo_dspy.meta_test import test_time_adaptation, unseen_generalization
+from metaspo_dspy.meta_test import (
+    EVALUATIONS_JOURNAL,
+    PROPOSALS_JOURNAL,
+    test_time_adaptation,
+    unseen_generalization,
+)
 from metaspo_dspy.report.compare_table import UNPARSED_NOTE, cell_text, parsed_note, unseen_parsed
 from metaspo_dspy.store.io import atomic_write_json
+from metaspo_dspy.store.run_dir import check_new_log_dir, check_writable, lock_log_dir, log_dir_entries
 from metaspo_dspy.tasks import load_unseen_user_prompts
 
 HELP = "score system prompts on unseen tasks (unseen generalization or test-time adaptation)"
@@ -35,8 +43,12 @@ Meta-test one or more system prompts on the unseen tasks of a config.
     test score of the best kept prompt per round; --tta-iterations N runs N+1 rounds (0..N:
     the first expansion of the initial prompt, then N more, as the reference does).
 
-A system prompt is a preset (default, cot, service), a run directory made by `metaspo train`, or a
-text/JSON file.
+A system prompt is a preset (default, cot, service), a run directory made by `metaspo train` (an
+unfinished one gives its best prompt so far, and says so), or a text/JSON file.
+
+Unseen generalization journals every answer in the log dir as it comes (evaluations.jsonl,
+proposals.jsonl): the same command rerun with the same --log-dir (after Ctrl-C or a kill, or to redo
+the table) asks nothing already answered.
 
 examples:
   metaspo test -c review --task-model openai/gpt-4o-mini --system-prompt default service runs/review
@@ -84,24 +96,57 @@ def run(args: argparse.Namespace) -> int:
     models = build_models(config) if _needs_optimizer(args) else build_models(config, task_only=True)
     stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
     log_dir = args.log_dir or Path("runs") / f"test-{stamp}"
-    if args.preflight:
-        check_models(models)
-    log_dir.mkdir(parents=True, exist_ok=True)
-    say(
-        f"{'unseen generalization' if args.analysis == 'unseen' else 'test-time adaptation'} on "
-        f"{', '.join(t.name for t in tasks)} with {len(prompts)} system prompt(s); model {models.task_label}"
-    )
-    started = time.perf_counter()
-    if args.analysis == "unseen":
-        results = _unseen(args, config, tasks, prompts, models, log_dir)
-    else:
-        results = _tta(config, tasks, prompts, models)
-    results["seconds"] = round(time.perf_counter() - started, 1)
-    results["prompt_format"] = config.data.prompt_format
-    path = log_dir / f"{args.analysis}_results.json"
-    atomic_write_json(path, results)
+    with _locked(log_dir):  # the log dir writable and ours alone, before any request
+        if args.preflight:
+            check_models(models)
+        say(
+            f"{'unseen generalization' if args.analysis == 'unseen' else 'test-time adaptation'} on "
+            f"{', '.join(t.name for t in tasks)} with {len(prompts)} system prompt(s); model {models.task_label}"
+        )
+        journaled = _journaled(log_dir) if args.analysis == "unseen" else 0  # (tta keeps no journal yet)
+        if journaled:
+            say(f"  {journaled} answers journaled in {log_dir} are reused, not asked again")
+        started = time.perf_counter()
+        if args.analysis == "unseen":
+            results = _unseen(args, config, tasks, prompts, models, log_dir)
+        else:
+            results = _tta(config, tasks, prompts, models)
+        results["seconds"] = round(time.perf_counter() - started, 1)
+        results["prompt_format"] = config.data.prompt_format
+        path = log_dir / f"{args.analysis}_results.json"
+        atomic_write_json(path, results)
     say(f"results: {path}   time {results['seconds']}s")
     return 0
+
+
+#: What ``metaspo test`` writes in its log dir: a folder holding one of them is a test's to rerun.
+TEST_FILES = frozenset(
+    {EVALUATIONS_JOURNAL, PROPOSALS_JOURNAL, "unseen_results.json", "tta_results.json", "unseen_user_prompts"}
+)
+
+
+@contextlib.contextmanager
+def _locked(log_dir: Path) -> Iterator[None]:
+    """Hold ``log_dir`` (created) for this command: a :class:`RunDirError` with the fix when it
+    holds files that are not a test's (nothing of the user's is written over), cannot be written,
+    or another process holds it (two processes would interleave its journals)."""
+    if not set(log_dir_entries(log_dir) or []) & TEST_FILES:
+        check_new_log_dir(log_dir, resume="a new --log-dir (a training run's folder is not a test's)")
+    check_writable(log_dir)
+    lock = lock_log_dir(log_dir, then="then rerun")
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def _journaled(log_dir: Path) -> int:
+    """How many answers the log dir's journals hold (lines; a torn or bad one is asked again)."""
+    count = 0
+    for name in (EVALUATIONS_JOURNAL, PROPOSALS_JOURNAL):
+        with contextlib.suppress(OSError), open(log_dir / name, "rb") as handle:
+            count += sum(1 for line in handle if line.strip())
+    return count
 
 
 def _needs_optimizer(args: argparse.Namespace) -> bool:
@@ -135,7 +180,9 @@ def unseen_run(config, tasks, prompt, models, log_dir: Path, user_prompts: str =
 def unseen_runs(
     config, tasks, prompts, models, log_dir: Path, user_prompts: str = "auto", quiet: bool = False
 ) -> dict[str, Any]:
-    """Unseen generalization of each ``(label, prompt)``: ``{label: unseen_generalization(...)}``."""
+    """Unseen generalization of each ``(label, prompt)``: ``{label: unseen_generalization(...)}``;
+    the user prompts, the journals (a rerun asks nothing already answered) and the generated user
+    prompts live in ``log_dir``."""
     given = _user_prompts(user_prompts, config, tasks)
     runs = {}
     for label, prompt in prompts:
@@ -153,6 +200,7 @@ def unseen_runs(
             num_processes=config.num_processes,
             seed=config.seed,
             progress=not quiet,
+            journal_dir=log_dir,
         )
     return runs
 

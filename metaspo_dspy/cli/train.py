@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -14,6 +13,7 @@ from metaspo_dspy.cli.common import (
     add_config_arguments,
     config_from_args,
     config_tasks,
+    read_recorded,
     resolve_system_prompt,
     say,
     table,
@@ -28,9 +28,9 @@ from metaspo_dspy.optimize.metaspo.teleprompter import MetaSPO
 from metaspo_dspy.optimize.sprig.teleprompter import SPRIG
 from metaspo_dspy.program.adapters import make_adapter
 from metaspo_dspy.report.data import parsed_change
-from metaspo_dspy.store.io import atomic_write_json
+from metaspo_dspy.store.io import atomic_write_json, path_error, shown
 from metaspo_dspy.store.ledger import describe
-from metaspo_dspy.store.run_dir import finished_run
+from metaspo_dspy.store.run_dir import check_new_log_dir, finished_run
 from metaspo_dspy.tasks import compile_kwargs
 
 HELP = "optimize a system prompt on the source tasks of a config (MetaSPO, or the SPRIG baseline)"
@@ -92,10 +92,21 @@ _RESUME_OK = {
 
 
 def _config(args: argparse.Namespace) -> tuple[RunConfig, Path, bool]:
+    """The run's config, its folder and whether it resumes; reads files, checks, sends nothing.
+
+    A new run: the config from the arguments (:func:`config_from_args`; the initial system prompt
+    read from its file). ``--resume DIR``: the settings recorded in ``DIR/config.json``, applied as
+    typed values (no text round trip: any Unicode survives), with the flags that may change; a
+    ``config.json`` that is missing, unreadable, not JSON or not a mapping is a :class:`ConfigError`.
+    """
     if args.resume is None:
         extra = {}
         if args.initial_system_prompt:
-            extra["initial_system_prompt"] = resolve_system_prompt(args.initial_system_prompt)[1].text
+            try:
+                extra["initial_system_prompt"] = resolve_system_prompt(args.initial_system_prompt)[1].text
+            except OSError as exc:  # a path the system refuses (too long, ...) while looking at it
+                spec = args.initial_system_prompt
+                raise ConfigError(f"cannot read system prompt {shown(spec)}: {path_error(exc, spec)}") from None
         if args.components is not None:
             extra["search.components"] = str(args.components.resolve())
         config = config_from_args(args, extra=extra)
@@ -108,11 +119,8 @@ def _config(args: argparse.Namespace) -> tuple[RunConfig, Path, bool]:
             f"--resume uses the run's recorded settings; drop {names} "
             "(only --threads/--processes/--quiet/--max-lm-calls/--max-cost/--no-preflight may change)"
         )
-    saved = args.resume / "config.json"
-    if not saved.exists():
-        raise ConfigError(f"nothing to resume in {args.resume}: no config.json (was it made by `metaspo train`?)")
-    data = json.loads(saved.read_text(encoding="utf-8"))
-    overrides = [f"{k}={json.dumps(v)}" for k, v in _flat(data).items() if k != "sources"]
+    data = read_recorded(args.resume, "config.json", "metaspo train")
+    values = {k: v for k, v in _flat(data).items() if k != "sources"}
     for flag, key in (
         ("threads", "num_threads"),
         ("processes", "num_processes"),
@@ -120,8 +128,8 @@ def _config(args: argparse.Namespace) -> tuple[RunConfig, Path, bool]:
         ("max_cost", "budget.max_cost"),
     ):
         if getattr(args, flag, None) is not None:
-            overrides.append(f"{key}={getattr(args, flag)}")
-    return load_config(overrides=overrides), args.resume, True
+            values[key] = getattr(args, flag)
+    return load_config(values=values, values_origin=str(args.resume / "config.json")), args.resume, True
 
 
 def _flat(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -136,11 +144,8 @@ def _flat(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 def run(args: argparse.Namespace) -> int:
     config, run_dir, resume = _config(args)
-    if not resume and (run_dir / "run.json").exists():
-        raise RunDirError(
-            f"{run_dir} already holds a run; continue it with `metaspo train --resume {run_dir}` "
-            "or choose another --log-dir"
-        )
+    if not resume:  # empty, or a start of ours that sent nothing: never over the user's files
+        check_new_log_dir(run_dir, f"`metaspo train --resume {shown(run_dir)}`")
     training = prepare(config, run_dir, resume, quiet=args.quiet, allow_unparsed=args.allow_unparsed)
     if resume and finished_run(run_dir) is not None:
         # compile() compares the recorded settings and returns the saved program: no preflight,
@@ -150,9 +155,7 @@ def run(args: argparse.Namespace) -> int:
         print(best.system_prompt.text)
         return 0
     announce(training)
-    if args.preflight:
-        check_models(training.models)
-    best = execute(training)
+    best = execute(training, preflight=args.preflight)  # local checks, then the preflight, then the run
     if best.system_prompt.text == training.tp.initial_system_prompt:
         say("no candidate beat the initial system prompt, so it stays (stdout):")
     else:
@@ -185,6 +188,13 @@ def prepare(
     models = build_models(config)
     tp = _optimizer(config, models, run_dir, resume, quiet, allow_unparsed)  # checks every setting, no call
     return Training(config, run_dir, resume, tasks, models, tp, _estimate(config, tp, tasks))
+
+
+def check(training: Training) -> None:
+    """Make :func:`execute`'s checks that need no model and leave the run directory as it was
+    (opened, then abandoned): `metaspo compare` checks every sub-run this way before its preflight."""
+    run = training.tp.open_run(**compile_kwargs(training.tasks))
+    run.abandon()
 
 
 def rough_cost(training: Training) -> dict[str, Any]:
@@ -222,21 +232,34 @@ def announce(training: Training) -> None:
         say(f"  warning: {warning}")
 
 
-def execute(training: Training):
-    """Write the run directory's config.json (new runs), run the search, print the summary (stderr);
-    returns the optimized program."""
+def execute(training: Training, preflight: bool = True):
+    """Run the training: open its run directory with every check that needs no model
+    (:meth:`~metaspo_dspy.optimize.engine.teleprompter.SearchTeleprompter.open_run`: the folder
+    writable and not in use, ``run.json`` and the settings on resume, the budget against the initial
+    evaluation, the open-file limit), write ``config.json`` (new runs), send the preflight
+    (``preflight``: one request per model, its line on stderr), run the search and print the summary
+    (stderr); returns the optimized program. Nothing is sent before the checks pass; a failure
+    before the search (the preflight, Ctrl-C) leaves a new run's folder as it was found."""
     config, run_dir = training.config, training.run_dir
-    if not training.resume:
-        try:
-            run_dir.mkdir(parents=True, exist_ok=True)
-            atomic_write_json(run_dir / "config.json", config.to_dict())
-        except OSError as exc:
-            raise RunDirError(
-                f"cannot write to log dir {run_dir}: {exc.strerror or exc}; choose a writable folder"
-            ) from None
+    run = training.tp.open_run(**compile_kwargs(training.tasks))
+    if run.already_finished:  # nothing to resume: its saved program, nothing sent
+        return run.reopen()
+    try:
+        if not training.resume:
+            try:
+                atomic_write_json(run_dir / "config.json", config.to_dict())
+            except OSError as exc:
+                raise RunDirError(
+                    f"cannot write to log dir {run_dir}: {exc.strerror or exc}; choose a writable folder"
+                ) from None
+        if preflight:
+            check_models(training.models)
+    except BaseException:
+        run.abandon(also=["config.json"])  # a resumed run's folder is left as it is
+        raise
     say(f"  run directory: {run_dir}{'  (resuming)' if training.resume else ''}")
     started = time.perf_counter()
-    best = training.tp.compile(**compile_kwargs(training.tasks))
+    best = run.execute()
     _summary(best.detailed_results, run_dir, time.perf_counter() - started)
     return best
 

@@ -17,6 +17,7 @@ Schema (defaults are the paper's; all keys optional unless stated)::
     seed: 42                    # run seed (train shuffle, optimizer sampling)
     num_threads: 16             # parallel task-LM calls (over all processes)
     num_processes: 1            # client processes for evaluation grids (2+: for a fast server; not embedded)
+    preflight_timeout: 30       # seconds each model gets to answer the preflight (--preflight-timeout)
     initial_system_prompt: "You are a helpful assistant."
     tasks:
       source: [beauty, game]    # meta-train tasks: required, non-empty (task names or aliases)
@@ -50,7 +51,8 @@ Schema (defaults are the paper's; all keys optional unless stated)::
       api_key_env: null         # NAME of the environment variable holding the key
       engine: auto              # auto (DSPy's client for OpenAI-compatible servers, else LiteLLM) | litellm | native
       num_retries: 3            # retries with backoff on transient errors
-      timeout: null             # seconds per request before it is retried (null: the client's default)
+      timeout: null             # seconds per request before it is retried (null: 120 s task / 300 s optimizer)
+      max_retry_after: 60       # the longest Retry-After wait obeyed (DSPy's client; a longer one is announced)
     optimizer_lm:               # the model that proposes prompts
       model: openai/gpt-4o-mini
       temperature: 1.0
@@ -107,13 +109,21 @@ __all__ = [
 ]
 
 
-def _unflatten(flat: Mapping[str, Any]) -> dict[str, Any]:
+def _unflatten(flat: Mapping[str, Any], where: str = OVERRIDES) -> dict[str, Any]:
+    """``{"a.b": 1}`` as ``{"a": {"b": 1}}``; a ConfigError when a key is given both a value and
+    settings below it (``task_lm=3`` and ``task_lm.model=...``)."""
     nested: dict[str, Any] = {}
     for key, value in flat.items():
-        *heads, leaf = key.split(".")
+        *heads, leaf = str(key).split(".")
         node = nested
-        for head in heads:
+        for depth, head in enumerate(heads):
             node = node.setdefault(head, {})
+            if not isinstance(node, dict):
+                section = ".".join(heads[: depth + 1])
+                raise ConfigError(
+                    f"{where}: key {section!r} is given the value {node!r} and also {key!r}; "
+                    f"set the keys inside it (e.g. {key}=...), not {section} itself"
+                )
         node[leaf] = value
     return nested
 
@@ -138,14 +148,20 @@ def _build(cls: type, values: Mapping[str, Any]) -> Any:
 def load_config(
     *paths: str | os.PathLike,
     overrides: Mapping[str, Any] | Iterable[str] | None = None,
+    values: Mapping[str, Any] | None = None,
+    values_origin: str = OVERRIDES,
     require_tasks: bool = True,
 ) -> RunConfig:
-    """Merge ``paths`` (later wins, per key) and ``overrides`` over the defaults; validate.
+    """Merge ``paths`` (later wins, per key), ``overrides`` and ``values`` over the defaults; validate.
 
     Args:
         paths: YAML files, or names of shipped configs (``"base"``, ``"review"``...).
         overrides: ``{"search.num_iterations": 5}`` or ``["search.num_iterations=5", ...]``
             (values parsed as YAML; a list key also accepts ``a,b,c``; a later item wins).
+        values: typed values by dotted key, applied after ``overrides`` and validated the same way
+            but never parsed: a string stays exactly that string (any Unicode, a path, text that
+            YAML would read as a number). The CLI's flags and ``--resume``'s recorded settings.
+        values_origin: how errors name ``values`` (default ``<overrides>``; e.g. a file's path).
         require_tasks: fail when the result has no source task.
 
     Raises:
@@ -165,6 +181,11 @@ def load_config(
         layer = flatten(_unflatten(override_layer(overrides)), OVERRIDES)
         flat.update({k: check_value(k, v, OVERRIDES, True) for k, v in layer.items()})
         origins.append(OVERRIDES)
+    if values:
+        layer = flatten(_unflatten(values, values_origin), values_origin)
+        flat.update({k: check_value(k, v, values_origin, True) for k, v in layer.items()})
+        if values_origin not in origins:
+            origins.append(values_origin)
     if require_tasks and not flat.get("tasks.source"):
         where = ", ".join(origins) or "no config files"
         raise ConfigError(f"{where}: key 'tasks.source' is missing; name the source tasks (e.g. load a domain config)")

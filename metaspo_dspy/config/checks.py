@@ -20,6 +20,7 @@ from typing import Any, Union
 from metaspo_dspy.config.schema import METHODS, RunConfig
 from metaspo_dspy.errors import ConfigError
 from metaspo_dspy.lm.settings import ENGINES
+from metaspo_dspy.program.system_prompt import text_problem
 from metaspo_dspy.tasks.loader import PROMPT_FORMATS, SOURCES
 
 
@@ -75,6 +76,7 @@ RANGES: dict[str, Range] = {
     "budget.max_lm_calls": _at_least(1),
     "budget.max_cost": _POSITIVE,
     "budget.max_failure_share": _SHARE,
+    "preflight_timeout": _POSITIVE,
     **{
         f"{lm}.{key}": rng
         for lm in ("task_lm", "optimizer_lm")
@@ -83,6 +85,7 @@ RANGES: dict[str, Range] = {
             ("max_tokens", _at_least(1)),
             ("num_retries", _at_least(0)),
             ("timeout", _POSITIVE),
+            ("max_retry_after", _at_least(0)),
         )
     },
 }
@@ -156,7 +159,12 @@ def flatten(data: Mapping[str, Any], where: str, prefix: str = "") -> dict[str, 
             if value is None:
                 continue
             if not isinstance(value, Mapping):
-                raise ConfigError(f"{where}: key {key!r} must be a mapping of settings, got {value!r}")
+                inside = [k for k in SCHEMA if k.startswith(key + ".")]
+                raise ConfigError(
+                    f"{where}: key {key!r} must be a mapping of settings ({', '.join(inside[:4])}"
+                    f"{', ...' if len(inside) > 4 else ''}), got {_shown(value)}; set a key inside it, "
+                    f"e.g. {inside[0]}=..."
+                )
             flat.update(flatten(value, where, key + "."))
         elif key in SCHEMA:
             flat[key] = value
@@ -185,6 +193,33 @@ def _check_tasks(key: str, value: list[str], where: str) -> tuple[str, ...]:
     return tuple(names)
 
 
+def _is_unicode(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _joined(value: Any) -> Any:
+    """``value`` with escaped surrogate pairs joined into the characters they stand for: YAML reads
+    ``"\\ud83d\\ude00"`` as two surrogates, not as 😀. A lone surrogate stays (refused later)."""
+    if isinstance(value, list):
+        return [_joined(v) for v in value]
+    if isinstance(value, str) and not _is_unicode(value):
+        try:
+            return value.encode("utf-16-le", "surrogatepass").decode("utf-16-le")
+        except UnicodeDecodeError:
+            return value
+    return value
+
+
+def _shown(value: Any) -> str:
+    """``repr(value)``, cut to 200 characters (a whole file read into one key would drown the line)."""
+    text = repr(value)
+    return text if len(text) <= 200 else f"{text[:160]}... ({len(text):,} characters)"
+
+
 def check_value(key: str, value: Any, where: str, from_cli: bool) -> Any:
     """``value`` for ``key`` validated and normalised (floats as float, task names canonical).
 
@@ -192,10 +227,19 @@ def check_value(key: str, value: Any, where: str, from_cli: bool) -> Any:
     and ``where`` for a wrong type, an unknown choice, a value out of range or an unknown task.
     """
     hint = SCHEMA[key]
+    value = _joined(value)
     if from_cli and typing.get_origin(hint) is tuple and isinstance(value, str):
         value = [v.strip() for v in value.split(",") if v.strip()]
     if not _matches(value, hint):
-        raise ConfigError(f"{where}: key {key!r} must be {_type_name(hint)}, got {value!r}")
+        raise ConfigError(f"{where}: key {key!r} must be {_type_name(hint)}, got {_shown(value)}")
+    for text in value if isinstance(value, list) else [value]:
+        if isinstance(text, str) and not _is_unicode(text):
+            raise ConfigError(
+                f"{where}: key {key!r} holds text that is not valid Unicode (a lone surrogate, e.g. from a file name "
+                f"that is not UTF-8 or a broken \\u escape): {text!r:.200}; rename the file or fix the text"
+            )
+    if key == "initial_system_prompt" and text_problem(value):
+        raise ConfigError(f"{where}: key {key!r} {text_problem(value)}; give the system prompt text")
     if key in CHOICES and value not in CHOICES[key]:
         raise ConfigError(
             f"{where}: key {key!r} must be one of {', '.join(CHOICES[key])}, got {value!r}"

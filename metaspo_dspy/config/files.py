@@ -2,8 +2,10 @@
 
 Each function returns plain nested data; validation is :mod:`metaspo_dspy.config.checks`' job.
 Every problem is one :class:`~metaspo_dspy.errors.ConfigError` naming the file: unreadable,
-not UTF-8 (a UTF-8 BOM is accepted), malformed YAML (with line and column), a key given twice in
-one mapping (with both lines), or a top level that is not a mapping.
+not a regular file (a folder, a FIFO, a device: refused without reading), larger than
+:data:`CONFIG_MAX_BYTES`, a path too long for the system, not UTF-8 (a UTF-8 BOM is accepted),
+malformed YAML (with line and column), a key given twice in one mapping (with both lines), or a
+top level that is not a mapping.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from typing import Any
 import yaml
 
 from metaspo_dspy.errors import ConfigError, NotUtf8Error
-from metaspo_dspy.store.io import read_text
+from metaspo_dspy.store.io import path_error, read_text, shown
 
 # The shipped configs: inside the installed package (a link to configs/ in a checkout), or the
 # repository's own folder where the link is not followed (e.g. a checkout without symlinks).
@@ -24,6 +26,8 @@ _PACKAGED, _REPOSITORY = Path(__file__).parents[1] / "configs", Path(__file__).r
 CONFIG_DIR = _PACKAGED if (_PACKAGED / "base.yaml").is_file() else _REPOSITORY
 #: how errors name the ``key=value`` layer
 OVERRIDES = "<overrides>"
+#: the largest config file read (a config is a few kB; even one holding a long prompt is far below)
+CONFIG_MAX_BYTES = 1024 * 1024
 _MERGE_TAG = "tag:yaml.org,2002:merge"
 
 
@@ -55,21 +59,21 @@ class _UniqueKeyLoader(yaml.SafeLoader):
 def resolve_path(path: str | os.PathLike) -> Path:
     """``path`` itself if it exists, else the shipped ``configs/<path>.yaml`` if that exists."""
     candidate = Path(path)
-    if candidate.exists() or candidate.suffix:
+    if os.path.exists(candidate) or candidate.suffix:  # os.path.exists: False for a path too long
         return candidate
     shipped = CONFIG_DIR / f"{candidate}.yaml"
-    return shipped if shipped.exists() else candidate
+    return shipped if os.path.exists(shipped) else candidate
 
 
 def read_yaml(path: Path) -> dict[str, Any]:
     """A YAML file's top-level mapping ({} for an empty file); ConfigError when unreadable, not
     UTF-8, malformed, with a duplicate key, or not a mapping."""
     try:
-        text = read_text(path)
+        text = read_text(path, CONFIG_MAX_BYTES)
     except NotUtf8Error as exc:
         raise ConfigError(f"config file {exc}") from None
     except OSError as exc:
-        raise ConfigError(f"{path}: cannot read config file ({exc.strerror or exc})") from None
+        raise ConfigError(f"{shown(path)}: cannot read config file ({path_error(exc, path)})") from None
     try:
         data = yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader subclass: safe
     except _DuplicateKey as exc:

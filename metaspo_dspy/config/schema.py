@@ -31,7 +31,10 @@ class LMConfig:
     api_key_env: str | None = None
     engine: str = "auto"
     num_retries: int = 3
+    #: seconds per request (None: 120 for the task LM, 300 for the optimizer LM; see metaspo_dspy.lm.settings)
     timeout: float | None = None
+    #: the longest wait a server's Retry-After gets before a retry, in seconds (None: no cap)
+    max_retry_after: float | None = 60.0
 
 
 @dataclass(frozen=True)
@@ -83,6 +86,8 @@ class RunConfig:
     num_threads: int = 16
     num_processes: int = 1
     initial_system_prompt: str = "You are a helpful assistant."
+    #: seconds each model gets to answer the preflight check before the command stops (metaspo_dspy.lm.preflight)
+    preflight_timeout: float = 30.0
     tasks: TasksConfig = field(default_factory=TasksConfig)
     data: DataConfig = field(default_factory=DataConfig)
     search: SearchConfig = field(default_factory=SearchConfig)

@@ -18,13 +18,21 @@ from metaspo_dspy.program.adapters import adapter_name
 from metaspo_dspy.store.hashing import json_digest, sha256_hex
 
 _SECRET_OR_ENDPOINT = re.compile(r"key|token|secret|password|auth|header|api_base|base_url", re.IGNORECASE)
+#: Client settings that never shape an answer: a new default timeout must not change a run's
+#: fingerprint (or make a recorded run refuse to resume).
+_CLIENT_ONLY = {"timeout", "max_retry_after"}
 
 
 def lm_identity(lm: Any) -> dict[str, Any]:
-    """An LM's model and generation settings, without secrets or endpoints (safe to store)."""
+    """An LM's model and generation settings, without secrets, endpoints or client-only settings
+    (``timeout``): safe to store, and equal for two clients that get the same answers."""
     if lm is None:
         return {}
-    kwargs = {k: v for k, v in getattr(lm, "kwargs", {}).items() if not _SECRET_OR_ENDPOINT.search(k)}
+    kwargs = {
+        k: v
+        for k, v in getattr(lm, "kwargs", {}).items()
+        if not _SECRET_OR_ENDPOINT.search(k) and k not in _CLIENT_ONLY
+    }
     return {"model": getattr(lm, "model", type(lm).__name__), "kwargs": jsonable(kwargs)}
 
 

@@ -17,11 +17,16 @@ Identical items (same request-shaping state and example) are evaluated once per 
 :func:`~metaspo_dspy.evaluation.digests.item_key`. A journaled item is read back instead of asked
 again, except a failed one: a run that stopped because its model failed is resumed to ask those
 items again.
+
+With progress on, a grid in which no item has finished for :data:`STALL_SECONDS` says so in its bar
+("waiting 25s for the task model"), so a stalled server shows while the calls wait for their
+timeout; the bar goes back to normal as soon as an item finishes.
 """
 
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -40,6 +45,8 @@ from metaspo_dspy.store.ledger import Ledger
 
 #: The grid's items as (job index, example index, item key), in job and example order.
 _Items = Sequence[tuple[int, int, str]]
+#: Seconds without a finished item after which the progress bar says that the grid is waiting.
+STALL_SECONDS = 10.0
 
 
 class GridEvaluator:
@@ -152,13 +159,18 @@ class GridEvaluator:
         if not todo:
             return
         bar = _progress(len(todo), desc) if self.progress else None
+        stall = _Stall(bar) if bar is not None else None
+
+        def collect(key: str, run: ItemRun) -> None:
+            self._collect(key, run, runs, bar)
+            if stall is not None:
+                stall.finished()
+
         try:
-            self.executor.run(
-                work,
-                [(key, j, i) for key, (j, i) in todo.items()],
-                lambda key, run: self._collect(key, run, runs, bar),
-            )
+            self.executor.run(work, [(key, j, i) for key, (j, i) in todo.items()], collect)
         finally:
+            if stall is not None:
+                stall.close()
             if bar is not None:
                 bar.close()
 
@@ -253,6 +265,38 @@ def _refuse_missing_inputs(jobs: Sequence[EvalJob], items: _Items, runs: dict[st
 
 def _where(job: EvalJob, index: int) -> str:
     return f"example {index}" + (f" of {job.label}" if job.label else "")
+
+
+class _Stall:
+    """Shows in ``bar``'s postfix how long no item has finished, once that reaches
+    :data:`STALL_SECONDS` (a daemon thread looks once a second; the item path only reads the clock)."""
+
+    def __init__(self, bar: Any, tick: float = 1.0):
+        self.bar = bar
+        self.last = time.monotonic()
+        self.shown = False
+        self._tick = tick
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name="metaspo-grid-stall", daemon=True)
+        self._thread.start()
+
+    def finished(self) -> None:
+        """An item finished: the grid is moving again."""
+        self.last = time.monotonic()
+        if self.shown:
+            self.shown = False
+            self.bar.set_postfix_str("", refresh=False)
+
+    def _watch(self) -> None:
+        while not self._stop.wait(self._tick):
+            idle = time.monotonic() - self.last
+            if idle >= STALL_SECONDS:
+                self.shown = True
+                self.bar.set_postfix_str(f"waiting {idle:.0f}s for the task model", refresh=True)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
 
 
 def _progress(total: int, desc: str):

@@ -10,6 +10,12 @@ Importing this package is cheap: LiteLLM and llama.cpp load on first use.
 
 from metaspo_dspy.errors import ModelConfigError
 from metaspo_dspy.lm.embedded.provider import EMBEDDED_MODEL, EmbeddedModelUnavailable, recommended_adapter
+from metaspo_dspy.lm.open_files import (
+    SerialDiskCache,
+    check_open_files,
+    configure_bounded_cache,
+    raise_open_file_limit,
+)
 from metaspo_dspy.lm.router import router_lm
 from metaspo_dspy.lm.settings import (
     ENGINES,
@@ -30,9 +36,13 @@ __all__ = [
     "EmbeddedModelUnavailable",
     "LMSettings",
     "ModelConfigError",
+    "SerialDiskCache",
     "adapter_for",
     "build_lm",
+    "check_open_files",
+    "configure_bounded_cache",
     "is_embedded",
+    "raise_open_file_limit",
     "recommended_adapter",
     "resolve_provider",
     "router_lm",

@@ -21,20 +21,39 @@ Contracts:
   variable, or the keyless placeholder, and read the key again where the engine is rebuilt.
 * One engine may be shared by copies of an LM and by threads; async calls get one lm15 async
   engine per running event loop.
+* ``Retry-After`` is capped: DSPy's execution layer waits as long as a failed attempt's
+  ``retry_after`` says (the server's ``Retry-After`` header) before the next attempt, with no upper
+  bound. The engine lowers that hint on the error it raises to ``max_retry_after`` seconds (default
+  :data:`MAX_RETRY_AFTER`), and announces any wait of :data:`ANNOUNCE_WAIT` seconds or more (a
+  ``logging`` warning, at most one per wait per engine), so a server that
+  asks for minutes is neither obeyed blindly nor waited for in silence.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
+import math
 import os
 import threading
+import time
 import weakref
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 from metaspo_dspy.errors import ModelConfigError
 from metaspo_dspy.lm.providers import OPENAI_COMPATIBLE, PLACEHOLDER_API_KEY
+from metaspo_dspy.redact import redact
 from metaspo_dspy.store import faults
+
+logger = logging.getLogger(__name__)
+
+#: The longest wait a server's ``Retry-After`` gets before the next attempt, in seconds (a setting:
+#: ``max_retry_after``). A minute covers the usual rate-limit windows; a server asking for more
+#: is retried after a minute anyway (and its 429 counts as a failed attempt again if it persists).
+MAX_RETRY_AFTER = 60.0
+#: Waits of at least this many seconds are announced (a warning naming the server's ask and the cap).
+ANNOUNCE_WAIT = 10.0
 
 
 def _router_config(model: str, api_base: str | None, api_key: str | None, timeout: Any):
@@ -74,7 +93,10 @@ class NativeEngine:
             variable, read by the client itself, or the placeholder when ``placeholder_key``).
         placeholder_key: send the keyless placeholder
             (:data:`~metaspo_dspy.lm.providers.PLACEHOLDER_API_KEY`; a local server needs none).
-        timeout: seconds per wait (connect keeps lm15's short default), as ``dspy.LM(timeout=)``.
+        timeout: seconds per wait (connect keeps lm15's short default), as ``dspy.LM(timeout=)``
+            (None: lm15's defaults, 600 s to the next byte).
+        max_retry_after: the longest wait a server's ``Retry-After`` gets before DSPy's next
+            attempt, in seconds (None: no cap, the server's word).
     """
 
     def __init__(
@@ -84,12 +106,15 @@ class NativeEngine:
         api_key_env: str | None = None,
         placeholder_key: bool = False,
         timeout: float | None = None,
+        max_retry_after: float | None = MAX_RETRY_AFTER,
     ):
         self.model = model
         self.api_base = api_base
         self.api_key_env = api_key_env
         self.placeholder_key = placeholder_key
         self.timeout = timeout
+        self.max_retry_after = max_retry_after
+        self._announced = -math.inf  # monotonic time of the last Retry-After announcement
         self._config, found = _router_config(model, api_base, self._key(), timeout)
         # Read by DSPy (dspy.clients.capabilities) for a custom engine: what adapters may use, e.g.
         # structured outputs, and which parameters (``seed``) callers may send.
@@ -119,6 +144,7 @@ class NativeEngine:
             return self._engine().complete(request)
         except Exception as exc:
             _report(exc, self.model)
+            self._cap_retry_after(exc)
             raise
 
     def stream(self, request) -> Iterator[Any]:
@@ -126,7 +152,34 @@ class NativeEngine:
             yield from self._engine().stream(request)
         except Exception as exc:
             _report(exc, self.model)
+            self._cap_retry_after(exc)
             raise
+
+    def _cap_retry_after(self, exc: BaseException) -> None:
+        """Lower the ``retry_after`` hint of a failed attempt (what DSPy's retry loop waits) to
+        ``max_retry_after``; announce a wait of :data:`ANNOUNCE_WAIT` seconds or more."""
+        asked = getattr(exc, "retry_after", None)
+        if isinstance(asked, bool) or not isinstance(asked, (int, float)) or not math.isfinite(asked):
+            return
+        cap = self.max_retry_after
+        wait = asked if cap is None else min(asked, cap)
+        if wait < asked:
+            try:
+                exc.retry_after = float(wait)  # type: ignore[attr-defined]
+            except AttributeError:  # pragma: no cover - an error type with a read-only hint
+                return
+        if wait >= ANNOUNCE_WAIT:
+            now = time.monotonic()
+            with self._lock:  # one line per wait, not one per thread that got the same answer
+                due = now - self._announced >= wait
+                if due:
+                    self._announced = now
+            if due:
+                where = f"{self.model} at {self.api_base}" if self.api_base else self.model
+                capped = f"; capped at {wait:g} s (max_retry_after)" if wait < asked else ""
+                logger.warning(
+                    redact(f"{where}: the server asked to wait {asked:g} s (Retry-After){capped} before any retry")
+                )
 
     def close(self) -> None:
         with self._lock:
@@ -143,6 +196,7 @@ class NativeEngine:
             "api_key_env": self.api_key_env,
             "placeholder_key": self.placeholder_key,
             "timeout": self.timeout,
+            "max_retry_after": self.max_retry_after,
         }
 
     def dump_state(self) -> dict[str, Any]:
@@ -184,6 +238,7 @@ class AsyncNativeEngine(NativeEngine):
             return await self._async_engine().complete(request)
         except Exception as exc:
             _report(exc, self.model)
+            self._cap_retry_after(exc)
             raise
 
     async def stream(self, request) -> AsyncIterator[Any]:  # type: ignore[override]
@@ -192,6 +247,7 @@ class AsyncNativeEngine(NativeEngine):
                 yield event
         except Exception as exc:
             _report(exc, self.model)
+            self._cap_retry_after(exc)
             raise
 
     async def aclose(self) -> None:
@@ -215,13 +271,20 @@ def native_lm(
     api_key_env: str | None = None,
     placeholder_key: bool = False,
     timeout: float | None = None,
+    max_retry_after: float | None = MAX_RETRY_AFTER,
     **kwargs: Any,
 ):
     """A ``dspy.LM`` on DSPy's native client with observed attempts (``kwargs``: temperature,
     max_tokens, num_retries, cache, ... -- everything but the connection, which the engine owns)."""
     import dspy
 
-    connection = dict(api_base=api_base, api_key_env=api_key_env, placeholder_key=placeholder_key, timeout=timeout)
+    connection = dict(
+        api_base=api_base,
+        api_key_env=api_key_env,
+        placeholder_key=placeholder_key,
+        timeout=timeout,
+        max_retry_after=max_retry_after,
+    )
     return dspy.LM(
         model, engine=NativeEngine(model, **connection), async_engine=AsyncNativeEngine(model, **connection), **kwargs
     )
@@ -246,10 +309,19 @@ def _key_source(settings: Any, provider: str, api_key: str | None) -> tuple[str 
     return None, settings.api_base is not None
 
 
+def _has_credentials(api_base: str | None) -> bool:
+    """Whether ``api_base`` carries user information (``http://user:password@host/v1``)."""
+    from urllib.parse import urlsplit
+
+    return bool(api_base) and "@" in (urlsplit(str(api_base).strip()).netloc or "")
+
+
 def build_native(settings: Any, provider: str, api_key: str | None, kwargs: dict[str, Any]):
     """The LM :func:`~metaspo_dspy.lm.settings.build_lm` makes for ``engine="native"`` or
     ``"auto"``; None where ``auto`` chooses LiteLLM (a provider that does not speak the OpenAI
-    protocol, or client settings DSPy's client cannot carry, such as extra headers).
+    protocol, client settings DSPy's client cannot carry, such as extra headers, or an ``api_base``
+    with a user and password, which DSPy's client would take for part of the host name; LiteLLM's
+    client sends them as HTTP basic authentication).
 
     Raises :class:`~metaspo_dspy.errors.ModelConfigError` when ``native`` was asked for and
     cannot serve the model.
@@ -259,6 +331,13 @@ def build_native(settings: Any, provider: str, api_key: str | None, kwargs: dict
     auto = settings.engine == "auto"
     if auto and provider not in OPENAI_COMPATIBLE:
         return None
+    if _has_credentials(settings.api_base):
+        if auto:
+            return None
+        raise ModelConfigError(
+            f"engine='native' cannot send the user and password in the api_base of {settings.model!r} (DSPy's "
+            "own client would take them for part of the host name); use engine='litellm' or 'auto'"
+        )
     carried = sorted(k for k in kwargs if k in CLIENT_KEYS and k != "timeout")
     if carried:
         if auto:
@@ -275,6 +354,7 @@ def build_native(settings: Any, provider: str, api_key: str | None, kwargs: dict
             api_key_env=key_env,
             placeholder_key=placeholder,
             timeout=kwargs.get("timeout"),
+            max_retry_after=getattr(settings, "max_retry_after", MAX_RETRY_AFTER),
             **rest,
         )
     except Exception as exc:

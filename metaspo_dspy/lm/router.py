@@ -11,6 +11,11 @@ Keys stay in the environment: a deployment's ``api_key_env`` becomes LiteLLM's
 (temperature, max_tokens, ...) are the router LM's; a deployment contributes only where to send
 the request (``model``, ``api_base``, ``api_key_env``, ``extra``).
 
+Each deployment's requests time out like :func:`~metaspo_dspy.lm.build_lm`'s: after
+:data:`~metaspo_dspy.lm.settings.TASK_TIMEOUT` seconds unless its ``extra`` sets ``timeout`` (LiteLLM's
+own default is 6,000 s). Waits between the router's retries (``Retry-After`` included) are
+LiteLLM's policy; ``max_retry_after`` applies to DSPy's own client only.
+
 The router lives in this process: a program saved with a router LM names ``metaspo-router/<name>``,
 and loading it elsewhere needs :func:`router_lm` to be called with that name first.
 """
@@ -25,7 +30,7 @@ from typing import Any
 from metaspo_dspy.errors import ModelConfigError
 from metaspo_dspy.lm import providers
 from metaspo_dspy.lm.providers import PLACEHOLDER_API_KEY
-from metaspo_dspy.lm.settings import TASK_TEMPERATURE, LMSettings, resolve_api_key, resolve_provider
+from metaspo_dspy.lm.settings import TASK_TEMPERATURE, TASK_TIMEOUT, LMSettings, resolve_api_key, resolve_provider
 
 PROVIDER = "metaspo-router"
 _ROUTERS: dict[str, Any] = {}
@@ -42,6 +47,8 @@ def _deployment(settings: LMSettings, name: str) -> dict[str, Any]:
         raise ModelConfigError(f"router deployment {settings.model!r}: a router always uses engine='litellm'")
     params: dict[str, Any] = dict(settings.extra)
     params.pop("cache", None)
+    if not providers.is_local(provider):
+        params.setdefault("timeout", TASK_TIMEOUT)
     params["model"] = settings.model
     if settings.api_base is not None:
         params["api_base"] = settings.api_base

@@ -17,6 +17,14 @@ new prompts -- are described by an :class:`LMSettings` and built by :func:`build
   secret-looking entries (DSPy would write them into saved programs; it drops only ``api_key``).
 * Defaults follow the MetaSPO paper: temperature 0 for the task LM
   (:meth:`LMSettings.for_task`), 1.0 for the optimizer LM (:meth:`LMSettings.for_optimizer`).
+* **Every request has a finite timeout.** Unless ``extra`` sets ``timeout``, a model served over
+  the network waits at most :data:`TASK_TIMEOUT` (120 s) for the next byte of an answer, an
+  optimizer LM made by :meth:`LMSettings.for_optimizer` :data:`OPTIMIZER_TIMEOUT` (300 s); a timed-out
+  attempt is retried (``num_retries``). The clients' own defaults were 600 s (DSPy's client) and
+  6,000 s (LiteLLM) per attempt: with the retries, a server that accepts a request and never
+  answers kept a call silent for 40 minutes. In-process models (the embedded one, the fake) have
+  no timeout. A server's ``Retry-After`` is obeyed up to ``max_retry_after`` seconds (default 60,
+  DSPy's client; see :mod:`metaspo_dspy.lm.native`).
 * Mistakes fail early with a :class:`ModelConfigError` that says what to do: a model string
   without a provider LiteLLM knows, a missing API key (naming the variable to set), the embedded
   model without its ``[embedded]`` extra.
@@ -39,20 +47,30 @@ from typing import Any, Literal
 
 from metaspo_dspy.errors import ModelConfigError
 from metaspo_dspy.lm import providers
+from metaspo_dspy.lm.native import MAX_RETRY_AFTER
 from metaspo_dspy.lm.providers import OPENAI_COMPATIBLE, PLACEHOLDER_API_KEY
+from metaspo_dspy.redact import register_secret
 
 Engine = Literal["auto", "litellm", "native"]
 ENGINES: tuple[str, ...] = ("auto", "litellm", "native")
 #: Paper defaults.
 TASK_TEMPERATURE = 0.0
 OPTIMIZER_TEMPERATURE = 1.0
+#: Default seconds a task-LM request waits for the next byte of the answer (``extra["timeout"]``
+#: overrides). A task answer is short (MetaSPO's tasks: a label or a few sentences, seconds on a
+#: loaded server), so two minutes leave a wide margin while a stalled server is noticed, and
+#: retried, within minutes rather than the clients' 10 (DSPy) to 100 (LiteLLM) minutes.
+TASK_TIMEOUT = 120.0
+#: Default for the optimizer LM (:meth:`LMSettings.for_optimizer`): its answers are long (an
+#: analysis, then a whole new prompt) and a non-streamed answer sends nothing until it is complete.
+OPTIMIZER_TIMEOUT = 300.0
 
 #: Providers that authenticate with the machine's cloud identity rather than an API key.
 _AMBIENT_AUTH = {"bedrock", "bedrock_converse", "sagemaker", "sagemaker_chat", "vertex_ai", "vertex_ai_beta"}
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _SECRET_KEY = re.compile(r"(key|secret|password|passwd|credential|authorization|cookie)|(^|[_-])token$", re.I)
 #: ``dspy.LM`` arguments that LMSettings owns (``extra`` may not set them).
-_OWNED = {"model", "temperature", "max_tokens", "api_base", "num_retries", "engine", "api_key"}
+_OWNED = {"model", "temperature", "max_tokens", "api_base", "num_retries", "engine", "api_key", "max_retry_after"}
 
 
 def _check_api_base(api_base: Any) -> None:
@@ -101,7 +119,11 @@ class LMSettings:
         engine: ``"auto"`` (default: DSPy's own client for OpenAI-compatible endpoints, else
             LiteLLM), ``"litellm"`` or ``"native"`` (DSPy's own client, observed).
         extra: further ``dspy.LM`` keyword arguments (``cache``, ``top_p``, ``seed``, ``stop``,
-            ``model_type``, ...). No secrets: keys go through ``api_key_env``.
+            ``model_type``, ``timeout`` in seconds per request -- default :data:`TASK_TIMEOUT` --, ...).
+            No secrets: keys go through ``api_key_env``.
+        max_retry_after: the longest wait, in seconds, a server's ``Retry-After`` gets before the
+            next attempt (None: no cap). DSPy's own client (``engine`` native or auto for an
+            OpenAI-compatible server) applies it; through LiteLLM the server's value is obeyed.
     """
 
     model: str
@@ -112,6 +134,7 @@ class LMSettings:
     num_retries: int = 3
     engine: Engine = "auto"
     extra: Mapping[str, Any] = field(default_factory=dict)
+    max_retry_after: float | None = MAX_RETRY_AFTER
 
     def __post_init__(self) -> None:
         if not isinstance(self.model, str) or not self.model.strip():
@@ -132,6 +155,11 @@ class LMSettings:
             raise ModelConfigError(f"num_retries must be a non-negative integer, got {self.num_retries!r}")
         if self.engine not in ENGINES:
             raise ModelConfigError(f"engine must be one of {ENGINES}, got {self.engine!r}")
+        if self.max_retry_after is not None:
+            value = self.max_retry_after
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < float("inf"):
+                raise ModelConfigError(f"max_retry_after must be a number of seconds >= 0 or None, got {value!r}")
+            object.__setattr__(self, "max_retry_after", float(value))
         if any(c.isspace() for c in self.model):
             raise ModelConfigError(
                 f"model {self.model!r} contains white space; a model string is '<provider>/<model>' without "
@@ -174,8 +202,13 @@ class LMSettings:
 
     @classmethod
     def for_optimizer(cls, model: str, **kwargs: Any) -> LMSettings:
-        """Settings for the optimizer LM: temperature 1.0 unless given."""
+        """Settings for the optimizer LM: temperature 1.0 and, for a model served over the network,
+        ``extra["timeout"]`` :data:`OPTIMIZER_TIMEOUT`, unless given."""
         kwargs.setdefault("temperature", OPTIMIZER_TEMPERATURE)
+        extra = kwargs.get("extra")
+        remote = isinstance(model, str) and not providers.is_local(providers.prefix_of(model.strip()))
+        if remote and (extra is None or isinstance(extra, Mapping)):
+            kwargs["extra"] = {"timeout": OPTIMIZER_TIMEOUT, **(extra or {})}
         return cls(model=model, **kwargs)
 
     @classmethod
@@ -325,8 +358,11 @@ def build_lm(settings: LMSettings | Mapping[str, Any] | str, **overrides: Any):
         settings = settings.replace(engine="litellm")
         providers.install(provider)  # registers it with LiteLLM (and checks the embedded extra)
     api_key = resolve_api_key(settings, provider)
+    _register_url_credentials(settings.api_base)
 
     kwargs: dict[str, Any] = dict(settings.extra)
+    if not providers.is_local(provider):
+        kwargs.setdefault("timeout", TASK_TIMEOUT)
     kwargs.update(
         temperature=settings.temperature,
         max_tokens=settings.max_tokens,
@@ -350,6 +386,24 @@ def build_lm(settings: LMSettings | Mapping[str, Any] | str, **overrides: Any):
     except (ValueError, TypeError, LMConfigurationError) as exc:
         raise ModelConfigError(f"dspy.LM rejected the settings for {settings.model!r}: {exc}") from None
     return lm
+
+
+def _register_url_credentials(api_base: str | None) -> None:
+    """The credentials in ``api_base``'s user information are redacted wherever they appear on their
+    own: the password (or a lone token), and the HTTP basic authentication value made of them, which
+    a server may echo in an error (the URL form is redacted by a pattern of :mod:`metaspo_dspy.redact`)."""
+    if not api_base:
+        return
+    import base64
+    from urllib.parse import unquote, urlsplit
+
+    parts = urlsplit(api_base.strip())
+    if parts.username is None and parts.password is None:
+        return
+    user, password = unquote(parts.username or ""), unquote(parts.password or "")
+    for secret in (password or user, parts.password or parts.username):
+        register_secret(secret)
+    register_secret(base64.b64encode(f"{user}:{password}".encode()).decode())
 
 
 def is_embedded(model: Any) -> bool:

@@ -32,7 +32,7 @@ from metaspo_dspy.errors import ConfigError
 from metaspo_dspy.evaluation.task_run import check_lms, check_processes, positive_int
 from metaspo_dspy.optimize.wrapped import Unwrapped, choose
 from metaspo_dspy.program.adapters import adapter_name, make_adapter
-from metaspo_dspy.program.system_prompt import DEFAULT_SYSTEM_PROMPT, SystemPrompt
+from metaspo_dspy.program.system_prompt import DEFAULT_SYSTEM_PROMPT, MAX_PROMPT_CHARS, SystemPrompt
 
 __all__ = ["WRAPPABLE", "SearchSettings"]
 
@@ -95,7 +95,7 @@ class SearchSettings:
         num_threads: int = 16,
         num_processes: int = 1,
         seed: int = 42,
-        max_prompt_chars: int = 8000,
+        max_prompt_chars: int = MAX_PROMPT_CHARS,
         log_dir: str | Path | None = None,
         progress: bool = True,
         phase_callback: Callable[[Any], None] | None = None,

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import json
+import unicodedata
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -23,10 +24,33 @@ from dspy.predict.parameter import Parameter
 from metaspo_dspy.program.adapters import ADAPTERS, InstructionsIn, adapter_name, make_adapter, with_system_prompt
 from metaspo_dspy.program.scope import system_prompt_scope
 from metaspo_dspy.program.spec import program_from_spec, program_spec
-from metaspo_dspy.store.io import atomic_write_text, read_named_file
+from metaspo_dspy.store.io import USER_FILE_MAX_BYTES, atomic_write_text, read_named_file, shown
 
 DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant."
 PROGRAM_FORMAT = "metaspo-dspy/program/v1"
+#: the longest system prompt :meth:`SystemPrompt.load` accepts by default: the search's own
+#: ``max_prompt_chars`` default (a longer initial prompt is refused there too)
+MAX_PROMPT_CHARS = 8000
+#: the largest file :meth:`SystemPrompt.load` reads (a run artifact holding the prompt can be large)
+PROMPT_FILE_MAX_BYTES = USER_FILE_MAX_BYTES
+
+
+def has_visible_text(text: str) -> bool:
+    """Whether ``text`` holds a character one can see: not only whitespace, control or format
+    characters (a NUL byte, a zero-width space...)."""
+    return any(unicodedata.category(ch)[0] not in "CZ" for ch in text)
+
+
+def text_problem(text: str) -> str | None:
+    """Why ``text`` cannot be a prompt, or None: no visible character, or a lone surrogate (a
+    broken ``\\ud83d``-style escape), which no model request can carry."""
+    if not has_visible_text(text):
+        return "has no visible text (only control or format characters)" if text.strip() else "is empty"
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        return f"holds a lone surrogate {text[exc.start]!r} at character {exc.start} (a broken escape)"
+    return None
 
 
 class SystemPrompt(Parameter):
@@ -73,35 +97,38 @@ class SystemPrompt(Parameter):
             atomic_write_text(path, self.text + "\n")
 
     @classmethod
-    def load(cls, path: str | Path) -> SystemPrompt:
+    def load(cls, path: str | Path, max_chars: int | None = MAX_PROMPT_CHARS) -> SystemPrompt:
         """Read a system prompt from any file a user is likely to hold.
 
         Accepted: a saved :class:`MetaSPOProgram` or any ``Module.save`` JSON containing a
         SystemPrompt; ``SystemPrompt.save`` output; the reference's ``bilevel_nodes_*.json``
         (``optimized_system_prompt``) and ``prompts/*.json`` (``prompt``); a MetaSPO run artifact
-        (``optimized_system_prompt``); or a plain-text file (its whole text). Raises ``ValueError``
-        naming the file and what was expected when none of these fits or the prompt is empty.
+        (``optimized_system_prompt``); or a plain-text file (its whole text, stripped).
+
+        The file must be a regular UTF-8 file of at most :data:`PROMPT_FILE_MAX_BYTES` (read
+        without blocking: a FIFO or a device such as ``/dev/zero`` is refused, never read), and the
+        prompt must have visible text (:func:`has_visible_text`) of at most ``max_chars``
+        characters (default :data:`MAX_PROMPT_CHARS`, the search's ``max_prompt_chars``; None: no
+        limit). Raises ``ValueError`` naming the file and what was expected when any of this fails.
         """
         path = Path(path)
-        raw = read_named_file(path, "system prompt file")  # UTF-8, a leading BOM dropped
+        raw = read_named_file(path, "system prompt file", max_bytes=PROMPT_FILE_MAX_BYTES)  # a BOM dropped
         try:
             data = json.loads(raw)
         except json.JSONDecodeError:
             data = None
         if data is None or isinstance(data, str):
             text = raw.strip() if data is None else data.strip()
-            if not text:
-                raise ValueError(f"system prompt file {path} is empty; write the system prompt text into it")
+            _check_loaded(text, f"system prompt file {shown(path)}", max_chars)
             return cls(text)
         state = _find_system_prompt_state(data)
         if state is None:
             raise ValueError(
-                f"no system prompt found in {path}: expected a saved MetaSPO program, a "
+                f"no system prompt found in {shown(path)}: expected a saved MetaSPO program, a "
                 "'system_prompt' entry, 'optimized_system_prompt' (reference bilevel_nodes / run "
                 "artifact) or 'prompt' (reference prompts/*.json), or a plain-text file"
             )
-        if not state["text"].strip():
-            raise ValueError(f"the system prompt in {path} is empty")
+        _check_loaded(state["text"], f"the system prompt in {shown(path)}", max_chars)
         return cls().load_state(state)
 
     def __repr__(self) -> str:
@@ -116,6 +143,20 @@ class SystemPrompt(Parameter):
         return self.dump_state() == other.dump_state()
 
     __hash__ = None  # mutable
+
+
+def _check_loaded(text: str, what: str, max_chars: int | None) -> None:
+    """Raise ``ValueError`` unless ``text`` (from ``what``) can be a system prompt."""
+    problem = text_problem(text)
+    if problem == "is empty":
+        raise ValueError(f"{what} is empty; write the system prompt text into it")
+    if problem:
+        raise ValueError(f"{what} {problem}; write the system prompt text into it")
+    if max_chars is not None and len(text) > max_chars:
+        raise ValueError(
+            f"{what} has {len(text):,} characters, more than max_prompt_chars={max_chars:,} (the longest "
+            "system prompt a search keeps); shorten it"
+        )
 
 
 def _is_state(value: Any) -> bool:

@@ -16,6 +16,13 @@ Layout (everything written atomically or append-only)::
     RUN_DIR/program.json       the optimized MetaSPOProgram (MetaSPOProgram.from_file)
     RUN_DIR/.lock              held (an OS file lock) by the one process running it; released when
                                the run ends or the process dies, so a killed run can be resumed
+    RUN_DIR/config.json        (``metaspo train``) the CLI's whole config, read back by ``--resume``
+    RUN_DIR/error.log          (the CLI) tracebacks of unexpected errors
+
+A new run starts only in a folder that is absent or empty, or holds nothing but what a start of
+ours that failed before any call leaves (:func:`check_new_log_dir`): nothing of the user's is ever
+overwritten, and no stale journal is read as this run's memory. A folder with other files is
+refused with their names and the fix.
 
 Resuming replays the search from the start with the journals as its memory: completed
 evaluations and proposals are read back instead of being asked again, so the run continues where
@@ -40,7 +47,7 @@ from typing import Any
 from filelock import FileLock, Timeout
 
 from metaspo_dspy.errors import RunDirError
-from metaspo_dspy.store.io import atomic_write_json
+from metaspo_dspy.store.io import atomic_write_json, path_error, read_bytes, shown
 from metaspo_dspy.store.journal import Journal
 from metaspo_dspy.store.ledger import LEDGER_FILE, Ledger
 from metaspo_dspy.version import version_text
@@ -48,6 +55,107 @@ from metaspo_dspy.version import version_text
 RUN_FORMAT = "metaspo-dspy/run-dir/v1"
 _FORMAT = re.compile(r"metaspo-dspy/run-dir/v(\d+)")
 _OPENED: list[Path] = []
+
+#: every file a run directory of ours holds (see the module docstring), and nothing else
+RUN_FILES = frozenset(
+    {
+        "run.json",
+        "config.json",
+        "evaluations.jsonl",
+        "proposals.jsonl",
+        LEDGER_FILE,
+        "faults.jsonl",
+        "checkpoint.json",
+        "metaspo_run.json",
+        "bilevel_nodes.json",
+        "program.json",
+        ".lock",
+        ".write-test",
+        "error.log",
+    }
+)
+#: what a start that failed before any call may leave behind; a new run may start over these
+_LEFTOVERS = frozenset({".lock", ".write-test"})
+#: the top-level keys of the config.json that `metaspo train` writes (how it is told from a user's)
+_CONFIG_KEYS = frozenset({"method", "seed", "tasks", "data", "search", "task_lm", "optimizer_lm", "sources"})
+#: the largest run.json / metaspo_run.json read back (regular files only: a FIFO never hangs a resume)
+_RECORD_MAX_BYTES = 256 * 1024 * 1024
+#: atomic_write_text's temporary files (a write killed halfway)
+_TEMPORARY = re.compile(r"\.(?P<name>[^/\\]+?)\.[^./\\]+\.tmp")
+
+
+def _is_ours(folder: Path, name: str) -> bool:
+    """Whether ``folder/name`` is what a failed start of ours leaves: the lock or the write probe,
+    a temporary file of a run file, the CLI's ``config.json`` (told by its keys) or ``error.log``
+    (told by its header) -- never a user's file of the same name."""
+    if name in _LEFTOVERS:
+        return True
+    temporary = _TEMPORARY.fullmatch(name)
+    if temporary:
+        return temporary.group("name") in RUN_FILES
+    try:
+        if name == "config.json":
+            data = json.loads(read_bytes(folder / name, 16 << 20))
+            return isinstance(data, dict) and set(data) >= _CONFIG_KEYS
+        if name == "error.log":
+            return read_bytes(folder / name, 64 << 20).startswith(b"--- ")
+    except (OSError, ValueError):  # a folder, a FIFO, too large, not JSON...: not ours
+        return False
+    return False
+
+
+def log_dir_entries(path: str | Path) -> list[str] | None:
+    """The names in the folder ``path`` (sorted), or None when there is nothing there.
+
+    Raises :class:`RunDirError` naming the fix when ``path`` cannot be a log dir: a file, a path
+    the system refuses (too long, ...), or a folder that cannot be listed.
+    """
+    path = Path(path)
+    try:
+        names = sorted(os.listdir(path))
+    except FileNotFoundError:
+        return None
+    except NotADirectoryError:
+        raise RunDirError(
+            f"log dir {shown(path)} is a file, not a folder (or a part of its path is); choose a new or empty folder"
+        ) from None
+    except OSError as exc:
+        raise RunDirError(f"cannot use log dir {shown(path)}: {path_error(exc, path)}; choose another folder") from None
+    return names
+
+
+def check_new_log_dir(path: str | Path, resume: str | None = None, marker: str | None = None) -> bool:
+    """Refuse (:class:`RunDirError`, before anything is written or sent) a folder a new run must
+    not start in; the one rule for every log dir of ours.
+
+    A new run may start in ``path`` when it is absent or empty, or holds nothing but what a start
+    of ours that failed before any call leaves (the lock, the write probe, temporary files of run
+    files, the CLI's own ``config.json`` and ``error.log``, told from a user's by their content).
+    A folder with a ``run.json`` already holds a run: the error says to resume it (``resume``: the
+    command that does, e.g. ``metaspo train --resume DIR``). Anything else -- ``.`` or ``''`` in a
+    folder with other files, a user's own ``config.json`` -- is refused with a few of the names
+    and the fix. ``marker``: a file that makes the folder one of ours for the caller to continue
+    (``compare.json`` for ``metaspo compare``, whose folder holds no ``run.json`` of its own);
+    returns True when it is there, else False.
+
+    Also refused: a path that is a file, too long for the system, or cannot be listed.
+    """
+    path = Path(path)
+    names = log_dir_entries(path) or []
+    if marker is not None and marker in names:
+        return True
+    how = resume or "resume it"
+    if "run.json" in names and marker is None:
+        raise RunDirError(f"{shown(path)} already holds a run; continue it with {how} or choose another log dir")
+    others = [name for name in names if not _is_ours(path, name)]
+    if others:
+        listed = ", ".join(others[:5]) + (f" and {len(others) - 5} more" if len(others) > 5 else "")
+        where = "the log dir (the current folder)" if path == Path(".") else f"log dir {shown(path)}"
+        raise RunDirError(
+            f"{where} is not empty (it holds {listed}) and a run never writes over other files; "
+            f"choose a new or empty folder (or, if it is a run of ours, {how})"
+        )
+    return False
 
 
 def last_opened() -> Path | None:
@@ -61,7 +169,7 @@ def finished_run(path: str | Path) -> dict[str, Any] | None:
     and names no ``stopped`` reason -- else None (no artifact, an unreadable one, or a run stopped
     by its budget: those resume as usual)."""
     try:
-        artifact = json.loads((Path(path) / "metaspo_run.json").read_text(encoding="utf-8"))
+        artifact = json.loads(read_bytes(Path(path) / "metaspo_run.json", _RECORD_MAX_BYTES))
     except (OSError, ValueError):
         return None
     if isinstance(artifact, dict) and artifact.get("complete") is True and artifact.get("stopped") is None:
@@ -160,6 +268,44 @@ def _check_format(run_file: Path, recorded: Any) -> None:
     )
 
 
+def check_writable(path: Path) -> None:
+    """Create ``path`` (with its parents) and prove a file can be written in it; a
+    :class:`RunDirError` naming the folder and the fix otherwise."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / ".write-test"
+        probe.write_text("ok", encoding="utf-8")
+        probe.unlink()
+    except OSError as exc:
+        raise RunDirError(
+            f"cannot write to log dir {shown(path)}: {path_error(exc, path)}; choose a writable folder"
+        ) from None
+    if not os.access(path, os.W_OK):
+        raise RunDirError(f"cannot write to log dir {path}; choose a writable folder")
+
+
+def lock_log_dir(path: Path, then: str = "then resume") -> FileLock:
+    """The exclusive lock of the log dir ``path`` (``path/.lock``), acquired; release it when the
+    command ends (the operating system drops it when the process dies, SIGKILL included). A
+    :class:`RunDirError` when another process (or another open in this one) holds it -- ``then``
+    says what to do after that process ends -- or when it cannot be made."""
+    # thread_local=False: the loop's worker threads share the run; is_singleton=False: a second
+    # open of the same folder in this process is refused like another process would be.
+    lock = FileLock(path / ".lock", timeout=0, thread_local=False, is_singleton=False)
+    try:
+        lock.acquire()
+    except Timeout:
+        raise RunDirError(
+            f"{path} is in use by another running process (it holds {path / '.lock'}); "
+            f"wait for it to finish or stop it, {then}, or choose another log dir"
+        ) from None
+    except OSError as exc:
+        raise RunDirError(
+            f"cannot lock log dir {shown(path)}: {path_error(exc, path)}; choose a writable folder"
+        ) from None
+    return lock
+
+
 class RunDir:
     """Opens (or creates) a run directory.
 
@@ -176,8 +322,9 @@ class RunDir:
     the same time gets a :class:`RunDirError` instead of interleaving its journals with the first's.
     The operating system drops the lock when the process dies, SIGKILL included.
 
-    Raises :class:`RunDirError` with the fix when the folder holds another run and ``resume`` is
-    False, holds nothing to resume, has incompatible settings (named one by one), is in use by
+    Raises :class:`RunDirError` with the fix when ``resume`` is False and the folder holds another
+    run or anything else but what a failed start of ours leaves (:func:`check_new_log_dir`), or
+    when it holds nothing to resume, has incompatible settings (named one by one), is in use by
     another process, or is not writable.
     """
 
@@ -185,8 +332,9 @@ class RunDir:
         self.path = Path(path)
         self.settings = json.loads(json.dumps(settings, default=str))
         if not resume:
-            self._check_writable()
-        self._lock = self._acquire_lock()
+            check_new_log_dir(self.path, f"metaspo train --resume {shown(self.path)}, or MetaSPO(..., resume=True)")
+            check_writable(self.path)
+        self._lock = lock_log_dir(self.path)
         try:
             self._open(resume)
         except BaseException:
@@ -200,23 +348,6 @@ class RunDir:
         self.ledger = Ledger(ledger, unrecorded_before=legacy)
         _OPENED.append(self.path)
 
-    def _acquire_lock(self) -> FileLock:
-        # thread_local=False: the loop's worker threads share the run; is_singleton=False: a second
-        # RunDir on the same folder in this process is refused like another process would be.
-        lock = FileLock(self.path / ".lock", timeout=0, thread_local=False, is_singleton=False)
-        try:
-            lock.acquire()
-        except Timeout:
-            raise RunDirError(
-                f"{self.path} is in use by another running process (it holds {self.path / '.lock'}); "
-                "wait for that run to finish or stop it, then resume, or choose another log dir"
-            ) from None
-        except OSError as exc:
-            raise RunDirError(
-                f"cannot lock log dir {self.path}: {exc.strerror or exc}; choose a writable folder"
-            ) from None
-        return lock
-
     def _open(self, resume: bool) -> None:
         run_file = self.path / "run.json"
         if resume:
@@ -225,7 +356,7 @@ class RunDir:
                     f"nothing to resume in {self.path}: it has no run.json (start a new run there instead)"
                 )
             try:
-                record = json.loads(run_file.read_text(encoding="utf-8"))
+                record = json.loads(read_bytes(run_file, _RECORD_MAX_BYTES))
                 recorded = record["settings"]
             except (OSError, ValueError, KeyError, TypeError) as exc:
                 raise RunDirError(f"{run_file} is unreadable ({exc}); cannot resume this run") from None
@@ -244,19 +375,6 @@ class RunDir:
                     "MetaSPO(..., resume=True)) or choose another log dir"
                 )
             atomic_write_json(run_file, {"format": RUN_FORMAT, "written_by": version_text(), "settings": self.settings})
-
-    def _check_writable(self) -> None:
-        try:
-            self.path.mkdir(parents=True, exist_ok=True)
-            probe = self.path / ".write-test"
-            probe.write_text("ok", encoding="utf-8")
-            probe.unlink()
-        except OSError as exc:
-            raise RunDirError(
-                f"cannot write to log dir {self.path}: {exc.strerror or exc}; choose a writable folder"
-            ) from None
-        if not os.access(self.path, os.W_OK):
-            raise RunDirError(f"cannot write to log dir {self.path}; choose a writable folder")
 
     def checkpoint(self, history: dict[str, Any]) -> None:
         """Persist the history so far, make the journals durable and mark the time in the ledger

@@ -206,6 +206,6 @@ def availability(task: str, data_dir: str | os.PathLike | None = None) -> str:
     if spec.domain == "generated":
         return "generated"
     for kind, root in data_roots(data_dir):
-        if local_path(root, spec.folder, spec.name).is_file():
+        if os.path.isfile(local_path(root, spec.folder, spec.name)):
             return kind
     return "missing"

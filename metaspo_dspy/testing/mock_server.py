@@ -23,6 +23,9 @@ gold answers from ``--gold FILE`` or ``$METASPO_FAKE_GOLD``). Options:
   (e.g. 401, 403, 404; fault ``status_CODE``), before any draw;
 * ``--start-delay S``: every request in the first S seconds after start answers 503 (a
   still-starting server; fault ``starting``), before any draw;
+* ``--never-answer``: every chat request is read, logged (status 0, fault ``never_answered``) and
+  never answered: the connection stays open, silent, until the client gives up or the server stops
+  (``--max-seconds``), like a server that accepts work it cannot do. Before any draw;
 * ``--untagged``: raw (reference-format) task answers carry no ``<answer>`` tag, like a model that
   ignores the answer format: the reference parsers read nothing;
 * ``--echo-auth``: every error body the server sends (injected 500s, 429s, 503s, ``--status``,
@@ -161,6 +164,10 @@ def make_app(state: MockState):
         params = {k: v for k, v in body.items() if k not in ("messages", "model")}
         digest = short_hash(messages, params.get("seed"))
         auth = request.headers.get("Authorization", "") if state.args.echo_auth else None
+        if state.args.never_answer:
+            state.record(digest, Request(messages, params).kind, 0, "never_answered")
+            await asyncio.sleep(state.args.max_seconds)  # cancelled when the client goes or the server stops
+            return _error(504, auth)
         fault = state.fault(digest)
         if fault == "starting" or (fault or "").startswith("status_"):
             status = 503 if fault == "starting" else state.args.status
@@ -227,7 +234,8 @@ async def serve(args: argparse.Namespace) -> None:
     state = MockState(args, FakeEngine(gold=gold, keep_requests=False, tag_answers=not args.untagged))
     runner = web.AppRunner(make_app(state), access_log=None)
     await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", args.port, backlog=1024)
+    # A hanging handler (--never-answer, --timeout-rate) does not hold the server's exit for long.
+    site = web.TCPSite(runner, "127.0.0.1", args.port, backlog=1024, shutdown_timeout=1.0)
     await site.start()
     port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
     print(f"READY {port}", flush=True)
@@ -275,6 +283,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--status", type=int, default=0, help="every chat request answers this HTTP status (0: off)")
     p.add_argument("--start-delay", type=float, default=0.0, help="answer 503 for this many seconds after start")
     p.add_argument("--echo-auth", action="store_true", help="error bodies repeat the Authorization header")
+    p.add_argument(
+        "--never-answer",
+        action="store_true",
+        help="read every chat request and never answer it (until --max-seconds): a hanging server",
+    )
     p.add_argument("--hang", type=float, default=30.0, help="seconds an injected timeout hangs")
     p.add_argument("--seed", type=int, default=0, help="fault and latency draws")
     p.add_argument("--gold", help="JSON {question: answer} for correct answers")

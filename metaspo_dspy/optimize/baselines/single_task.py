@@ -18,6 +18,7 @@ from metaspo_dspy.program.adapters import adapter_in_effect, adapter_name, make_
 from metaspo_dspy.program.metrics import Metric
 from metaspo_dspy.program.system_prompt import (
     DEFAULT_SYSTEM_PROMPT,
+    MAX_PROMPT_CHARS,
     MetaSPOProgram,
     SystemPrompt,
     WithSystemPrompt,
@@ -58,7 +59,7 @@ class SingleTaskOptimizer(Teleprompter):
         num_threads: int = 16,
         seed: int = 42,
         progress: bool = True,
-        max_prompt_chars: int = 8000,
+        max_prompt_chars: int = MAX_PROMPT_CHARS,
         num_processes: int = 1,
     ):
         super().__init__()

@@ -6,6 +6,11 @@ evaluator and the proposer on its journals, records faults, checks the budget be
 writes a checkpoint after each phase, and writes the results at the end. A method supplies the
 loop (:meth:`SearchRun.search`), its state snapshots and the method-specific part of the artifact.
 
+A run is made (by the teleprompter's ``make_run``) with its run directory opened -- locked, and on
+resume its format and settings compared -- before anything is sent; it then ends in exactly one of
+:meth:`SearchRun.execute`, :meth:`SearchRun.reopen` (a finished run) or :meth:`SearchRun.abandon`
+(nothing sent: a failed preflight, an interruption before the first call).
+
 Contract of :meth:`SearchRun.execute`: ``initialize`` then ``search`` then ``test``; a run whose
 initial evaluation parsed no answer of any task stops with :class:`NothingParsed` before the search
 (unless the settings' ``allow_unparsed``); a
@@ -16,8 +21,10 @@ the last finished phase (``self.state``, set by the method's snapshots) and the 
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
+from pathlib import Path
 from typing import Any
 
 from metaspo_dspy.errors import NothingParsed
@@ -61,6 +68,8 @@ class SearchRun(SearchBase):
         self.settings = settings
         self.fingerprint = fingerprint
         self.adapter_in_effect = adapter_in_effect(s.adapter)
+        # Whether opening the run directory makes the folder (abandon() then removes it again).
+        self._made_folder = s.log_dir is not None and not Path(s.log_dir).exists()
         self.run_dir = RunDir(s.log_dir, fingerprint, s.resume) if s.log_dir is not None else None
         self.ledger = self.run_dir.ledger if self.run_dir is not None else Ledger(None)
         evaluator = GridEvaluator(
@@ -151,6 +160,29 @@ class SearchRun(SearchBase):
             return program
         finally:
             self.release()
+
+    @property
+    def already_finished(self) -> bool:
+        """Whether this resumed run's directory holds a finished run (:meth:`reopen` returns it)."""
+        return self.settings.resume and self.run_dir is not None and finished_run(self.run_dir.path) is not None
+
+    def abandon(self, also: Iterable[str] = ()) -> None:
+        """End a run that was opened but never started (nothing sent: a failed preflight, an
+        interruption before the first call). The lock is released; a new run's directory is put back
+        as opening found it -- its ``run.json``, its lock file and the files named in ``also`` (the
+        caller's own, e.g. the CLI's ``config.json``) removed, and the folder too when opening made
+        it and nothing else is in it -- so the same command can simply be run again. A resumed run's
+        directory is left as it is."""
+        self.release()
+        if self.run_dir is None or self.settings.resume:
+            return
+        path = self.run_dir.path
+        for name in ("run.json", *also, ".lock"):
+            with contextlib.suppress(OSError):
+                (path / name).unlink(missing_ok=True)
+        if self._made_folder:
+            with contextlib.suppress(OSError):  # not empty: something else is in it, leave it
+                path.rmdir()
 
     def release(self) -> None:
         """Stop the evaluator's worker processes and close the run directory (lock released)."""

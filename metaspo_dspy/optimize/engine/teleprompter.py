@@ -2,10 +2,13 @@
 
 A method is a :class:`SearchTeleprompter` with its own constructor (which builds the method's
 frozen :class:`~metaspo_dspy.optimize.settings.SearchSettings`) and its own :meth:`make_run`;
-``compile`` is common: it checks the program and the task sets, unwraps wrapped task programs
-(their system prompt, placement and adapter stand in for the settings not given,
-:mod:`metaspo_dspy.optimize.wrapped`), returns a finished run's saved program without a call, checks
-the context window, the budget and the worker processes, sends the preflight, and runs the search.
+``compile`` is common: :meth:`SearchTeleprompter.open_run` checks the program and the task sets,
+unwraps wrapped task programs (their system prompt, placement and adapter stand in for the settings
+not given, :mod:`metaspo_dspy.optimize.wrapped`), checks the context window, the budget, the worker
+processes and the open-file limit, and opens the run directory (locked; on resume its ``run.json``
+read and its settings compared) -- everything that needs no model, so a bad setting or folder is
+refused before any request; then ``compile`` returns a finished run's saved program without a call,
+or sends the preflight (a failed one leaves a new run's folder as it was) and runs the search.
 The settings are readable as attributes (``teleprompter.num_iterations``), never writable: they are
 checked once, when the teleprompter is made.
 """
@@ -22,6 +25,7 @@ from dspy.teleprompt.teleprompt import Teleprompter
 
 from metaspo_dspy.errors import ConfigError
 from metaspo_dspy.evaluation.task_run import TaskRun, check_examples, check_processes
+from metaspo_dspy.lm.open_files import check_open_files
 from metaspo_dspy.lm.preflight import preflight
 from metaspo_dspy.optimize.autolog import log_task_sets
 from metaspo_dspy.optimize.engine.run import SearchRun
@@ -109,6 +113,48 @@ class SearchTeleprompter(Teleprompter):
         With MLflow's DSPy autolog on (``log_compiles=True``) the task sets are logged into its run
         (:func:`metaspo_dspy.optimize.autolog.log_task_sets`).
         """
+        run = self.open_run(
+            program, trainsets, testsets, metrics, user_prompt_suffixes, student=student, **kwargs
+        )  # every local check; the run directory locked; nothing sent
+        if run.already_finished:
+            logger.info("%s is a finished run: its saved program is returned, nothing is asked", run.settings.log_dir)
+            return run.reopen()  # the settings were compared with the run's when it was opened
+        try:
+            if run.settings.preflight:
+                lms = [("task", run.settings.task_model), ("optimizer", run.settings.optimizer_lm)]
+                for result in preflight(lms):
+                    logger.info("preflight: %s", result.describe())
+        except BaseException:
+            run.abandon()  # nothing was sent for the run: a new run's folder is left as it was found
+            raise
+        return run.execute()
+
+    def open_run(
+        self,
+        program: dspy.Module | Mapping[str, dspy.Module] | None = None,
+        trainsets: Mapping[str, Any] | None = None,
+        testsets: Mapping[str, Any] | None = None,
+        metrics: Mapping[str, Metric] | None = None,
+        user_prompt_suffixes: Mapping[str, str] | None = None,
+        *,
+        student: dspy.Module | Mapping[str, dspy.Module] | None = None,
+        **kwargs: Any,
+    ) -> SearchRun:
+        """Everything :meth:`compile` does before its first request, and its run, opened: takes
+        ``compile``'s arguments and makes every check that needs no model -- the program and the
+        task sets, the context window, a ``max_lm_calls`` that cannot cover the initial evaluation,
+        the worker processes, the open-file limit -- then opens the run directory (created and
+        locked; on resume its ``run.json`` read, its format and settings compared; a folder in use
+        by another process refused). Each problem is a :class:`~metaspo_dspy.errors.MetaSPOError`
+        (a ``ValueError``) raised before anything is sent. A finished run (``resume`` on a finished
+        run directory) is opened without the other checks (it sends nothing).
+
+        The caller ends the returned run in exactly one way: :meth:`SearchRun.execute` (the search),
+        :meth:`SearchRun.reopen` when :attr:`SearchRun.already_finished`, or :meth:`SearchRun.abandon`
+        (nothing sent; a new run's folder is put back as it was found). ``compile`` is
+        ``open_run``, the preflight (``preflight=True``), then ``execute``; a caller that sends its
+        own preflight (the ``metaspo train`` command) does the same in its own words.
+        """
         program = _the_program(program, student, kwargs)
         tasks, unwrapped = self._task_runs(program, trainsets, testsets, metrics, user_prompt_suffixes)
         settings = self.settings.for_wrapped(unwrapped)
@@ -117,8 +163,7 @@ class SearchTeleprompter(Teleprompter):
             {name: task.testset for name, task in tasks.items() if task.testset is not None},
         )
         if settings.resume and finished_run(settings.log_dir) is not None:
-            logger.info("%s is a finished run: its saved program is returned, nothing is asked", settings.log_dir)
-            return self.make_run(settings, tasks).reopen()  # the settings are still compared with the run's
+            return self.make_run(settings, tasks)  # reopen() returns it; the settings are still compared
         _check_context_window(settings.task_model, settings.initial_system_prompt)
         said = set(self._warned)
         for warning in self.budget_warnings():
@@ -132,10 +177,8 @@ class SearchTeleprompter(Teleprompter):
                 f"({initial} calls); raise the budget or use fewer train examples"
             )
         check_processes(settings.num_processes, settings.task_lm, [task.program for task in tasks.values()])
-        if settings.preflight:
-            for result in preflight([("task", settings.task_model), ("optimizer", settings.optimizer_lm)]):
-                logger.info("preflight: %s", result.describe())
-        return self.make_run(settings, tasks).execute()
+        check_open_files(settings.num_threads, settings.num_processes)
+        return self.make_run(settings, tasks)  # opens the run directory: locked, checked, nothing sent
 
     def _task_runs(self, program, trainsets, testsets, metrics, suffixes) -> tuple[dict[str, TaskRun], Unwrapped]:
         """The checked task runs of one ``compile`` and what the task programs' wrappers held."""

@@ -27,7 +27,7 @@ from metaspo_dspy.optimize.engine.teleprompter import SearchTeleprompter
 from metaspo_dspy.optimize.metaspo.loop import BilevelRun
 from metaspo_dspy.optimize.metaspo.settings import MetaSPOSettings
 from metaspo_dspy.program.metrics import Metric
-from metaspo_dspy.program.system_prompt import SystemPrompt
+from metaspo_dspy.program.system_prompt import MAX_PROMPT_CHARS, SystemPrompt
 
 __all__ = ["MetaSPO"]
 
@@ -119,7 +119,7 @@ class MetaSPO(SearchTeleprompter):
         seed: int = 42,
         num_wrong_user: int = 3,
         num_wrong_system: int = 2,
-        max_prompt_chars: int = 8000,
+        max_prompt_chars: int = MAX_PROMPT_CHARS,
         log_dir: str | Path | None = None,
         progress: bool = True,
         phase_callback: Callable[[PhaseLog], None] | None = None,

@@ -42,6 +42,7 @@ from metaspo_dspy.optimize.proposer.echoes import echo_of
 from metaspo_dspy.optimize.proposer.shown import WrongExample
 from metaspo_dspy.program.adapters import observed
 from metaspo_dspy.program.scope import no_system_prompt
+from metaspo_dspy.program.system_prompt import MAX_PROMPT_CHARS
 from metaspo_dspy.redact import redact
 from metaspo_dspy.seeding import derive_seed
 from metaspo_dspy.store.hashing import json_digest
@@ -114,7 +115,7 @@ class Proposer:
         optimizer_lm: Any,
         adapter: Any = None,
         seed: int = 42,
-        max_prompt_chars: int = 8000,
+        max_prompt_chars: int = MAX_PROMPT_CHARS,
         num_threads: int = 8,
         journal: Journal | None = None,
         ledger: Ledger | None = None,

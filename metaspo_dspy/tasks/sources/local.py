@@ -13,18 +13,25 @@ Where a task's file is looked for (:func:`data_roots`), first match wins:
    bundled in the package (``metaspo_dspy/data``). The cache wins so a file you put there
    replaces a bundled subset; ``metaspo data fetch`` itself only writes tasks that are not
    bundled, so the two never hold the same task unless you put it there.
+
+A task file is read only when it is a regular file of at most :data:`DATA_FILE_MAX_BYTES`
+(512 MB, far above any task's); anything else is a :class:`TaskLoadError` naming it, before a
+byte is read. A ``data_dir`` path the system refuses (too long) is one too.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 from pathlib import Path
 from typing import Any
 
 from metaspo_dspy.errors import NotUtf8Error, TaskLoadError
-from metaspo_dspy.store.io import read_text
+from metaspo_dspy.store.io import path_error, read_text, shown
 
+#: the largest task file read (the reference's largest is a few MB)
+DATA_FILE_MAX_BYTES = 512 * 1024 * 1024
 DATA_DIR_ENV = "METASPO_DATA_DIR"
 CACHE_DIR_ENV = "METASPO_CACHE_DIR"
 #: the bundled subsets (redistributable tasks only; see ``NOTICE.md`` there)
@@ -54,11 +61,22 @@ def data_roots(data_dir: str | os.PathLike | None = None) -> list[tuple[str, Pat
     for an explicit ``data_dir``, ``[("$METASPO_DATA_DIR", DIR)]`` when that is set, else
     ``[("fetched", cache_dir()), ("bundled", BUNDLED_DIR)]``."""
     if data_dir is not None:
-        return [("data_dir", Path(data_dir).expanduser())]
+        return [("data_dir", _usable(Path(data_dir).expanduser(), "data dir"))]
     env = default_data_dir()
     if env is not None:
-        return [(f"${DATA_DIR_ENV}", env)]
+        return [(f"${DATA_DIR_ENV}", _usable(env, f"${DATA_DIR_ENV}"))]
     return [("fetched", cache_dir()), ("bundled", BUNDLED_DIR)]
+
+
+def _usable(root: Path, what: str) -> Path:
+    """``root``, unless the system refuses its path as too long (then a :class:`TaskLoadError`:
+    looking for a task file in it would raise instead of saying "not found")."""
+    try:
+        os.stat(root / ("x" * 16) / ("x" * 40 + ".json"))  # as long as any task file's path under it
+    except OSError as exc:
+        if exc.errno == errno.ENAMETOOLONG:
+            raise TaskLoadError(f"{what} {shown(root)}: {path_error(exc, root)}; use a shorter path") from None
+    return root
 
 
 def find_file(relative: str | Path, data_dir: str | os.PathLike | None = None) -> tuple[str, Path] | None:
@@ -77,14 +95,17 @@ def local_path(data_dir: Path, folder: str, task: str) -> Path:
 
 def read_json(path: Path) -> Any:
     """Parse a UTF-8 JSON file (a UTF-8 BOM is accepted); a missing, unreadable, non-UTF-8 or
-    malformed file raises :class:`TaskLoadError` naming it."""
+    malformed file, one that is not a regular file, or one over :data:`DATA_FILE_MAX_BYTES`
+    raises :class:`TaskLoadError` naming it."""
     try:
-        return json.loads(read_text(path))
+        return json.loads(read_text(path, DATA_FILE_MAX_BYTES))
     except FileNotFoundError:
-        raise TaskLoadError(f"file not found: {path}") from None
+        raise TaskLoadError(f"file not found: {shown(path)}") from None
     except NotUtf8Error as exc:
         raise TaskLoadError(f"data file {exc}") from None
-    except (OSError, json.JSONDecodeError) as exc:
+    except OSError as exc:
+        raise TaskLoadError(f"cannot read data file {shown(path)}: {path_error(exc, path)}") from None
+    except json.JSONDecodeError as exc:
         raise TaskLoadError(f"cannot read {path}: {exc}") from exc
 
 
