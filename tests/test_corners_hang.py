@@ -77,7 +77,7 @@ CASES = [
     ),
     Case(
         "preflight_timeout -1 in the config", ("--never-answer",), ("--set", "preflight_timeout=-1"), 2,
-        message=r"preflight_timeout must be a positive number of seconds, got -1", requests=0,
+        message=r"key 'preflight_timeout' must be > 0, got -1", requests=0,
     ),
     Case(
         "Retry-After 120 capped by max_retry_after", ("--rate-limit-rate", "1", "--retry-after", "120"),
