@@ -7,7 +7,14 @@ import os as _os
 # import in the CLI, the worker processes and the forkserver preload (tests/test_house.py).
 _os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
-from metaspo_dspy.errors import ConfigError, MetaSPOError, MetricError, NothingParsed, TooManyFailures
+from metaspo_dspy.errors import (
+    ConfigError,
+    MetaSPOError,
+    MetricError,
+    NothingParsed,
+    TooManyFailures,
+    WorkerDied,
+)
 from metaspo_dspy.meta_test import generate_user_prompts, test_time_adaptation, unseen_generalization
 from metaspo_dspy.optimize.baselines.ape import APE
 from metaspo_dspy.optimize.baselines.protegi import ProTeGi
@@ -38,6 +45,7 @@ __all__ = [
     "TaskMetric",
     "TooManyFailures",
     "WithSystemPrompt",
+    "WorkerDied",
     "__version__",
     "compile_kwargs",
     "finetune_adapter",

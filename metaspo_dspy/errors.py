@@ -7,9 +7,9 @@ process, a file that is not UTF-8. Each message names the problem and the fix; t
 any of them as one ``error:`` line (exit 2) by catching this one base.
 
 Errors that are not bad input keep the base Python gives their kind: ``TooManyFailures`` (and
-``NothingParsed``) are ``RuntimeError``\\ s -- the models failed while the run went on, the run is
-resumable; the ``*Unavailable`` errors for missing optional packages are ``ImportError``\\ s and
-live next to what they guard.
+``NothingParsed``, ``WorkerDied``) are ``RuntimeError``\\ s -- the models (or a worker process)
+failed while the run went on, the run is resumable; the ``*Unavailable`` errors for missing
+optional packages are ``ImportError``\\ s and live next to what they guard.
 """
 
 from __future__ import annotations
@@ -72,6 +72,19 @@ class TooManyFailures(RuntimeError):
 
     Raised after the grid or the phase's proposals, so their completed work is journaled; failed
     evaluations and proposals are asked again when the run resumes (once the model works)."""
+
+
+class WorkerDied(TooManyFailures):
+    """A worker process of a ``num_processes`` > 1 run died (killed by a signal, or crashed) while
+    it ran a grid's items. Raised once the parent has collected -- and journaled -- every item the
+    workers had sent back; the other workers are stopped, and the items the workers had in hand are
+    asked again when the run resumes.
+
+    Attributes: ``pid`` and ``exitcode`` (negative: the signal that killed it; None: unknown)."""
+
+    def __init__(self, message: str, pid: int | None = None, exitcode: int | None = None):
+        super().__init__(message)
+        self.pid, self.exitcode = pid, exitcode
 
 
 class NothingParsed(TooManyFailures):

@@ -26,6 +26,7 @@ import logging
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -74,13 +75,21 @@ class FaultLog:
     unreadable lines are skipped), so after a resume they count every process's faults.
     """
 
-    def __init__(self, path: str | Path | None = None, keep: bool = False):
+    def __init__(
+        self,
+        path: str | Path | None = None,
+        keep: bool = False,
+        on_record: Callable[[str, str | None, str], None] | None = None,
+    ):
         self.path = Path(path) if path is not None else None
         self.counts: Counter[str] = Counter()
-        #: With ``keep``: every fault seen, as (kind, model, redacted message) -- what a worker
-        #: process sends back to the parent (see :mod:`metaspo_dspy.evaluation.processes`).
+        #: With ``keep``: every fault seen, as (kind, model, redacted message).
         self.entries: list[tuple[str, str | None, str]] = []
         self._keep = keep
+        #: Called with (kind, model, redacted message) for each fault, in the thread that saw it, as
+        #: it is recorded: a worker process forwards its faults to the parent this way (see
+        #: :mod:`metaspo_dspy.evaluation.processes`).
+        self._on_record = on_record
         self._lock = threading.Lock()
         self._handle = None
 
@@ -134,6 +143,8 @@ class FaultLog:
                         self._handle.write("\n")
                 self._handle.write(json.dumps(entry) + "\n")
                 self._handle.flush()
+        if self._on_record is not None:
+            self._on_record(kind, model, entry["message"])
 
 
 def _ends_with_newline(path: Path) -> bool:
